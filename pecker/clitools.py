@@ -1,0 +1,70 @@
+"""Shared click options and helpers for the ``pecker`` subcommands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from pecker import config as cfgmod
+
+
+def config_options(f):
+    """``--config FILE`` (repeatable, merged left to right), ``--set key=value`` and ``--dataset``."""
+    f = click.option(
+        "--dataset", "-d", required=True, help="Dataset key under 'datasets' in the config."
+    )(f)
+    f = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override a config value, e.g. datasets.mnist.teacher.steps=100 (repeatable).",
+    )(f)
+    f = click.option(
+        "--config", "-c", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+        default=("config/config.yaml",), show_default=True,
+        help="Config file(s); several are merged left to right.",
+    )(f)
+    return f
+
+
+def load_config(config_files, overrides) -> dict:
+    try:
+        return cfgmod.resolve(config_files, overrides)
+    except cfgmod.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+    return logging.getLogger("pecker")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("config key 'device': cuda requested but no GPU is visible")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Honour Snakemake's ``threads`` (passed as --threads) for torch's intra-op pool."""
+    n = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+threads_option = click.option(
+    "--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice)."
+)
+log_option = click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
+                          help="Also write the log to this file.")

@@ -1,0 +1,190 @@
+"""One source of truth for configuration: load, override, validate, fill defaults, hash.
+
+A config file holds global keys plus a ``datasets`` mapping, one entry per dataset, each with the
+sections ``data``, ``unet``, ``diffusion``, ``teacher``, ``classifier``, ... that the schema in
+``config/schema.yaml`` describes. Snakemake and the CLI both go through :func:`resolve`, so a wrong
+key or type fails the same way, naming the offending key, before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, update: Mapping) -> dict:
+    """Recursive dict merge (the same rule Snakemake applies to several config files)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``, value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_schema() -> dict:
+    return load_yaml(SCHEMA_PATH)
+
+
+def _validator_with_defaults():
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def validate(cfg: dict, schema: dict | None = None) -> dict:
+    """Validate ``cfg`` in place (filling schema defaults) and return it.
+
+    Raises :class:`ConfigError` whose message names the offending key path.
+    """
+    schema = schema or load_schema()
+    validator = _validator_with_defaults()(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+            lines.append(f"  config key '{where}': {err.message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_semantics(cfg)
+    return cfg
+
+
+def _check_semantics(cfg: dict) -> None:
+    """Cross-key checks that JSON schema cannot express."""
+    for name, ds in cfg.get("datasets", {}).items():
+        unet = ds["unet"]
+        n_levels = len(unet["channel_mult"])
+        res = ds["data"]["resolution"]
+        if res % (2 ** (n_levels - 1)):
+            raise ConfigError(
+                f"config key 'datasets.{name}.data.resolution': {res} is not divisible by "
+                f"2**(len(unet.channel_mult)-1) = {2 ** (n_levels - 1)}"
+            )
+        for r in unet["attention_resolutions"]:
+            if r not in [res // 2**i for i in range(n_levels)]:
+                raise ConfigError(
+                    f"config key 'datasets.{name}.unet.attention_resolutions': {r} is not one of "
+                    f"the UNet's resolutions {[res // 2**i for i in range(n_levels)]}"
+                )
+        unl = ds.get("unlearn")
+        if unl:
+            k = ds["data"]["num_classes"]
+            for key in ("forget_class", "cover_class"):
+                if not 0 <= unl[key] < k:
+                    raise ConfigError(
+                        f"config key 'datasets.{name}.unlearn.{key}': {unl[key]} is not a class "
+                        f"index in [0, {k})"
+                    )
+
+
+def resolve(
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    base: dict | None = None,
+) -> dict:
+    """Merge config files (left to right), ``key=value`` overrides, validate, fill defaults."""
+    cfg: dict = copy.deepcopy(base) if base else {}
+    for f in files:
+        cfg = deep_merge(cfg, load_yaml(f))
+    for o in overrides:
+        cfg = deep_merge(cfg, parse_override(o))
+    return validate(cfg)
+
+
+def dataset_config(cfg: dict, dataset: str) -> dict:
+    try:
+        return cfg["datasets"][dataset]
+    except KeyError:
+        known = ", ".join(sorted(cfg.get("datasets", {}))) or "none"
+        raise ConfigError(
+            f"dataset {dataset!r} is not configured under 'datasets' (configured: {known})"
+        ) from None
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any, length: int = 16) -> str:
+    """Stable hash of a (sub-)config: sha256 of its canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+# Which sections each stage depends on: its hash changes only when one of them changes.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "teacher": ("data", "unet", "diffusion", "teacher"),
+    "classifier": ("data", "classifier"),
+    "unlearn": ("data", "unet", "diffusion", "teacher", "unlearn"),
+    "evaluate": ("data", "unet", "diffusion", "teacher", "classifier", "unlearn", "evaluate"),
+}
+
+
+def stage_config(cfg: dict, dataset: str, stage: str) -> dict:
+    ds = dataset_config(cfg, dataset)
+    return {s: ds.get(s) for s in STAGE_SECTIONS[stage]}
+
+
+def stage_hash(cfg: dict, dataset: str, stage: str) -> str:
+    return config_hash(stage_config(cfg, dataset, stage))
+
+
+def write_resolved(cfg: dict, dataset: str, path: str | Path) -> Path:
+    """Write the resolved config restricted to one dataset; rewrite only when content changes."""
+    from pecker.io import atomic_write_text
+
+    sub = {k: v for k, v in cfg.items() if k != "datasets"}
+    sub["datasets"] = {dataset: dataset_config(cfg, dataset)}
+    text = yaml.safe_dump(sub, sort_keys=True)
+    path = Path(path)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path

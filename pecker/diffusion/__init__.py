@@ -1,0 +1,1 @@
+"""Class-conditional pixel-space DDPM: network, noise schedule, teacher training, samplers."""
