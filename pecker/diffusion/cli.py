@@ -1,0 +1,89 @@
+"""``pecker teacher train|fetch|sample``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from pecker import clitools
+from pecker import config as cfgmod
+from pecker.config import config_hash
+
+
+@click.group()
+def teacher() -> None:
+    """Train, fetch or sample the class-conditional DDPM teacher."""
+
+
+@teacher.command()
+@clitools.config_options
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder, e.g. results/mnist/teacher.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (testing resumption).")
+@clitools.threads_option
+@clitools.log_option
+def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, threads, log_file) -> None:
+    """Train the teacher, resuming from the newest checkpoint in OUT/ckpt when present."""
+    from pecker.diffusion.train import fetch_teacher, train_teacher
+
+    clitools.setup_logging(log_file)
+    clitools.set_threads(threads)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    if ds["teacher"]["source"] == "file":
+        fetch_teacher(ds, out_dir)
+        return
+    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
+
+
+@teacher.command()
+@clitools.config_options
+@click.option("--teacher", "teacher_prefix", type=click.Path(dir_okay=False), required=True,
+              help="Teacher checkpoint prefix, e.g. results/mnist/teacher/ema.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Samples .npz.")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None, help="PNG grid, one row per class.")
+@click.option("--per-class", type=int, default=None, help="Override teacher.sample.per_class.")
+@clitools.threads_option
+@clitools.log_option
+def sample(config_files, overrides, dataset, teacher_prefix, out_path, grid_path, per_class, threads, log_file) -> None:
+    """Draw seeded class-conditional samples (teacher.sample settings) from a teacher checkpoint."""
+    from pecker.diffusion.sample import class_labels, sample_batch, sample_many, save_grid, save_samples
+    from pecker.diffusion.schedule import make_scheduler
+    from pecker.diffusion.unet import load_unet
+    from pecker.provenance import Recorder
+
+    log = clitools.setup_logging(log_file)
+    clitools.set_threads(threads)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    scfg = dict(ds["teacher"]["sample"])
+    if per_class:
+        scfg["per_class"] = per_class
+    device = clitools.resolve_device(cfg["device"])
+    model, meta = load_unet(teacher_prefix, device=device)
+    model.eval()
+    ddpm = make_scheduler(ds["diffusion"])
+    rec = Recorder("teacher.sample", config_hash(scfg), seeds={"sample": scfg["seed"]})
+    labels = class_labels(ds["data"]["num_classes"], scfg["per_class"])
+    log.info("sampling %d images (%s, %d steps, guidance %.2f)", len(labels), scfg["sampler"], scfg["steps"],
+             scfg["guidance_scale"])
+
+    def draw(lab, gen):
+        return sample_batch(model, ddpm, lab, gen, scfg["sampler"], scfg["steps"], scfg["guidance_scale"])
+
+    images = sample_many(draw, labels, scfg["batch_size"], scfg["seed"], desc="teacher samples")
+    save_samples(out_path, images, labels, {
+        "kind": "teacher_samples", "model": str(teacher_prefix), "model_sha256": meta["sha256"],
+        "model_config_hash": meta.get("config_hash"), "sampling": scfg,
+        "provenance": rec.finish(),
+    })
+    if grid_path:
+        nrow = min(scfg["per_class"], 10)
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:nrow] for c in range(ds["data"]["num_classes"])])
+        save_grid(grid_path, images[keep.numpy()], nrow=nrow)
+    log.info("wrote %s", out_path)

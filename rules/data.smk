@@ -1,0 +1,18 @@
+rule prepare_data:
+    output:
+        npz=f"{DATA}/{{dataset}}/train.npz",
+        meta=f"{DATA}/{{dataset}}/meta.json",
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("data"),
+        out=lambda w, output: Path(output.npz).parent,
+    log:
+        f"{RESULTS}/logs/{{dataset}}/prepare_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/prepare_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "pecker data prepare --config {params.cfg} -d {wildcards.dataset} --out {params.out} > {log} 2>&1"
