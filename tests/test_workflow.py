@@ -1,0 +1,52 @@
+"""End to end: the whole DAG of config/test.yaml through Snakemake, in a scratch directory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(REPO / "config" / "test.yaml"), "--cores", "2", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+    return res
+
+
+@pytest.mark.slow
+def test_test_config_runs_end_to_end(tmp_path):
+    snakemake(tmp_path)
+    res = tmp_path / "results" / "mnist-tiny"
+    acc = json.loads((res / "teacher" / "sample_accuracy.json").read_text())
+    assert acc["n"] == 40 and acc["provenance"]["config_hash"]
+    for rule in ("prepare_data", "train_teacher", "sample_teacher", "train_classifier", "check_teacher"):
+        assert (tmp_path / "results" / "benchmarks" / "mnist-tiny" / f"{rule}.tsv").exists(), rule
+        assert (tmp_path / "results" / "logs" / "mnist-tiny" / f"{rule}.log").exists(), rule
+    # a second run has nothing to do
+    dry = snakemake(tmp_path, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    res = snakemake(tmp_path, "-n", "--config", "device=tpu", check=False)
+    assert res.returncode != 0
+    assert "config key 'device'" in res.stdout + res.stderr
+    assert not (tmp_path / "results" / "mnist-tiny" / "teacher").exists()
+
+
+@pytest.mark.parametrize("cfg", ["cifar10.yaml", "stl10.yaml"])
+def test_paper_configs_dry_run(tmp_path, cfg):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(REPO / "config" / cfg), "-n", "--cores", "8"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "train_teacher" in res.stdout and "train_classifier" in res.stdout
