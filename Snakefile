@@ -19,6 +19,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/teacher.smk"
 include: "rules/classifier.smk"
+include: "rules/unlearn.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -36,11 +36,13 @@ def stage_hash(stage):
 
 
 def all_targets():
+    """Everything `snakemake` builds by default (functions from the stage files, called late)."""
     targets = []
     for ds in DATASETS:
         targets += [
             f"{RESULTS}/{ds}/teacher/samples.png",
             f"{RESULTS}/{ds}/teacher/sample_accuracy.json",
             f"{RESULTS}/{ds}/classifier/model.json",
+            *eval_jsons(ds),
         ]
     return targets

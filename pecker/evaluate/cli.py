@@ -59,3 +59,101 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
         "provenance": rec.finish(),
     })
     log.info("label accuracy %.4f over %d samples", result["accuracy"], len(pred))
+
+
+@evaluate.command()
+@clitools.config_options
+@click.option("--kind", type=click.Choice(["generator", "teacher"]), required=True,
+              help="generator: a one-step SFD/PECKER checkpoint; teacher: the multi-step DDPM.")
+@click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
+@click.option("--classifier", "classifier_prefix", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@click.option("--method", default=None, help="Method label recorded in the result (default: from the checkpoint).")
+@click.option("--seed", type=int, default=None, help="Run seed recorded in the result (default: from the checkpoint).")
+@click.option("--final/--checkpoint-only", default=True, show_default=True,
+              help="Final evaluation (table sample counts) or an intermediate checkpoint (curve sample counts).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Result JSON.")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None,
+              help="Also save fixed-noise samples for Fig. 2 (.npz).")
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False), default=None,
+              help="Reference feature cache (default: {results_dir}/{dataset}/eval/reference_{extractor}.npz).")
+@clitools.threads_option
+@clitools.log_option
+def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, data_dir, method, seed, final,
+          out_path, grid_path, reference_path, threads, log_file) -> None:
+    """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance."""
+    from pathlib import Path
+
+    from pecker import io
+    from pecker.config import config_hash
+    from pecker.evaluate.run import evaluate_model, model_drawer
+    from pecker.provenance import Recorder
+
+    log = clitools.setup_logging(log_file)
+    clitools.set_threads(threads)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    device = clitools.resolve_device(cfg["device"])
+    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    rec = Recorder("evaluate.model", config_hash(cfgmod.stage_config(cfg, dataset, "evaluate")),
+                   seeds={"evaluate": ds["evaluate"]["seed"]})
+    draw, cmeta = model_drawer(kind, prefix, ds, device)
+    res = evaluate_model(ds, dataset, draw, classifier_prefix=classifier_prefix, data_dir=data_dir,
+                         results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
+                         reference_cache=reference_path)
+    prov = cmeta.get("provenance") or {}
+    training = {
+        "steps": cmeta.get("steps", cmeta.get("step")), "images_seen": cmeta.get("images_seen"),
+        "wall_clock_s": cmeta.get("wall_clock_s", prov.get("wall_clock_s")),
+        "peak_memory_mb": (cmeta.get("peak_memory") or prov.get("memory") or {}).get("cpu_peak_rss_mb"),
+    }
+    out = {
+        "dataset": dataset,
+        "method": method or cmeta.get("method") or kind,
+        "seed": seed if seed is not None else cmeta.get("seed", 0),
+        "step": cmeta.get("step"),
+        "final": final,
+        "kind": kind,
+        "images_seen": cmeta.get("images_seen"),
+        "data_free": kind == "generator",
+        **res,
+        "checkpoint": {"path": str(prefix), "sha256": cmeta["sha256"], "config_hash": cmeta.get("config_hash")},
+        "training": training,
+        "provenance": rec.finish(),
+    }
+    io.atomic_write_json(out_path, out)
+    m = res["metrics"]
+    log.info("UA %.2f retained acc %.3f FID %.2f IS %.2f precision %.3f", m["ua"], m["retained_accuracy"],
+             m["fid"], m["is_mean"], m["precision"])
+
+
+@evaluate.command()
+@clitools.config_options
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Feature cache .npz (a .json sidecar is written beside it).")
+@clitools.threads_option
+@clitools.log_option
+def reference(config_files, overrides, dataset, data_dir, out_path, threads, log_file) -> None:
+    """Compute (or verify the cache of) the Inception features of the retained-class training images."""
+    from pathlib import Path
+
+    from pecker.evaluate import fidelity
+    from pecker.evaluate.features import build_extractor
+    from pecker.evaluate.run import reference_images, retained_classes
+
+    log = clitools.setup_logging(log_file)
+    clitools.set_threads(threads)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    ecfg = ds["evaluate"]
+    fc = (ds.get("unlearn") or {}).get("forget_class", 0)
+    keep = retained_classes(ds["data"]["num_classes"], fc)
+    images, _ = reference_images(data_dir or str(Path(cfg["data_dir"]) / dataset), keep, ecfg["reference_max_per_class"])
+    extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]))
+    feats, meta = fidelity.reference_features(images, extractor, out_path, batch_size=ecfg["batch_size"])
+    log.info("reference features %s of %d images (cache %s)", feats.shape, len(images),
+             "hit" if meta["cache_hit"] else "written")
