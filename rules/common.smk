@@ -4,6 +4,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from pecker import config as pcfg
+from pecker.unlearn.trainer import configured_runs, method_settings
 
 try:
     pcfg.validate(config)
@@ -13,6 +14,7 @@ except pcfg.ConfigError as err:
 RESULTS = config["results_dir"]
 DATA = config["data_dir"]
 DATASETS = sorted(config["datasets"])
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -46,3 +48,31 @@ def all_targets():
             *eval_jsons(ds),
         ]
     return targets
+
+
+def checkpoint_steps(dataset, method):
+    s = method_settings(config["datasets"][dataset]["unlearn"], method, dataset)
+    return sorted(set(range(0, s["steps"] + 1, s["checkpoint_every"])) | {s["steps"]})
+
+
+def eval_jsons(dataset):
+    """Every metric JSON of a dataset (teacher, each run's checkpoints and final generator)."""
+    out = [f"{RESULTS}/{dataset}/eval/teacher/seed0/final.json"]
+    for ds, m, seed in configured_runs(config):
+        if ds == dataset:
+            out += [
+                f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}.json"
+                for st in checkpoint_steps(ds, m)
+            ]
+            out.append(f"{RESULTS}/{ds}/eval/{m}/seed{seed}/final.json")
+    return out
+
+
+def eval_grids(dataset):
+    """The Fig. 2 sample grids of a dataset, one per saved checkpoint."""
+    return [
+        f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}_grid.npz"
+        for ds, m, seed in configured_runs(config)
+        if ds == dataset
+        for st in checkpoint_steps(ds, m)
+    ]

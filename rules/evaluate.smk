@@ -4,31 +4,6 @@
 #   final EMA generator          -> eval/{method}/seed{seed}/final.json (Table 1 sample counts)
 
 
-def checkpoint_steps(dataset, method):
-    s = method_settings(config["datasets"][dataset]["unlearn"], method, dataset)
-    return sorted(set(range(0, s["steps"] + 1, s["checkpoint_every"])) | {s["steps"]})
-
-
-def eval_jsons(dataset):
-    """Every metric JSON of a dataset (teacher, each run's checkpoints and final generator)."""
-    out = [f"{RESULTS}/{dataset}/eval/teacher/seed0/final.json"]
-    for ds, m, seed in configured_runs(config):
-        if ds == dataset:
-            out += [f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}.json" for st in checkpoint_steps(ds, m)]
-            out.append(f"{RESULTS}/{ds}/eval/{m}/seed{seed}/final.json")
-    return out
-
-
-def eval_grids(dataset):
-    """The Fig. 2 sample grids of a dataset, one per saved checkpoint."""
-    return [
-        f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}_grid.npz"
-        for ds, m, seed in configured_runs(config)
-        if ds == dataset
-        for st in checkpoint_steps(ds, m)
-    ]
-
-
 EVAL_INPUTS = dict(
     classifier=f"{RESULTS}/{{dataset}}/classifier/model.json",
     data=f"{DATA}/{{dataset}}/train.npz",
@@ -46,19 +21,21 @@ rule reference_features:
     output:
         npz=f"{RESULTS}/{{dataset}}/eval/reference.npz",
         meta=f"{RESULTS}/{{dataset}}/eval/reference.json",
-    params:
-        cfg=resolved_config,
-        hash=stage_hash("evaluate"),
-        data=lambda w, input: Path(input.data).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/reference_features.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/reference_features.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("evaluate"),
+        data=lambda w, input: Path(input.data).parent,
     shell:
         "pecker evaluate reference --config {params.cfg} -d {wildcards.dataset} --data {params.data}"
         " --out {output.npz} --threads {threads} > {log} 2>&1"
@@ -66,25 +43,27 @@ rule reference_features:
 
 rule evaluate_teacher:
     input:
-        model=rules.train_teacher.output.ema_meta,
         **EVAL_INPUTS,
+        model=rules.train_teacher.output.ema_meta,
     output:
         f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/evaluate_teacher.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_teacher.tsv"
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.model).with_suffix(""),
         clf=lambda w, input: Path(input.classifier).with_suffix(""),
         data=lambda w, input: Path(input.data).parent,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/evaluate_teacher.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_teacher.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind teacher"
         " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference} --method teacher"
@@ -93,28 +72,33 @@ rule evaluate_teacher:
 
 rule evaluate_checkpoint:
     input:
-        run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
         **EVAL_INPUTS,
+        run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
     output:
         json=f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/step{{step}}.json",
         grid=f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/step{{step}}_grid.npz",
-    wildcard_constraints:
-        step="[0-9]{7}",
-    params:
-        cfg=resolved_config,
-        hash=stage_hash("evaluate"),
-        prefix=lambda w, input: Path(input.run).parent / "ckpt" / f"step{w.step}" / "generator_ema",
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/evaluate_{{method}}_seed{{seed}}_step{{step}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/evaluate_{{method}}_seed{{seed}}_step{{step}}.tsv"
+    wildcard_constraints:
+        step="[0-9]{7}",
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=240,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("evaluate"),
+        prefix=lambda w, input: Path(input.run).parent
+        / "ckpt"
+        / f"step{w.step}"
+        / "generator_ema",
+        clf=lambda w, input: Path(input.classifier).with_suffix(""),
+        data=lambda w, input: Path(input.data).parent,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind generator"
         " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
@@ -124,25 +108,27 @@ rule evaluate_checkpoint:
 
 rule evaluate_final:
     input:
-        run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
         **EVAL_INPUTS,
+        run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
     output:
         f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/final.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.tsv"
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
     params:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.run).with_suffix(""),
         clf=lambda w, input: Path(input.classifier).with_suffix(""),
         data=lambda w, input: Path(input.data).parent,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind generator"
         " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"

@@ -6,20 +6,22 @@ rule train_teacher:
         ema_meta=f"{RESULTS}/{{dataset}}/teacher/ema.json",
         model=f"{RESULTS}/{{dataset}}/teacher/model.safetensors",
         model_meta=f"{RESULTS}/{{dataset}}/teacher/model.json",
-    params:
-        cfg=resolved_config,
-        hash=stage_hash("teacher"),
-        out=lambda w, output: Path(output.ema).parent,
-        data=lambda w, input: Path(input.data).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/train_teacher.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/train_teacher.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("teacher"),
+        out=lambda w, output: Path(output.ema).parent,
+        data=lambda w, input: Path(input.data).parent,
     shell:
         "pecker teacher train --config {params.cfg} -d {wildcards.dataset} --data {params.data}"
         " --out {params.out} --threads {threads} > {log} 2>&1"
@@ -37,19 +39,21 @@ rule sample_teacher:
             category="Teacher",
             subcategory="{dataset}",
         ),
-    params:
-        cfg=resolved_config,
-        hash=stage_hash("teacher"),
-        prefix=lambda w, input: Path(input.ema).with_suffix(""),
     log:
         f"{RESULTS}/logs/{{dataset}}/sample_teacher.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/sample_teacher.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("teacher"),
+        prefix=lambda w, input: Path(input.ema).with_suffix(""),
     shell:
         "pecker teacher sample --config {params.cfg} -d {wildcards.dataset} --teacher {params.prefix}"
         " --out {output.samples} --grid {output.grid} --threads {threads} > {log} 2>&1"
@@ -61,17 +65,19 @@ rule check_teacher:
         classifier=f"{RESULTS}/{{dataset}}/classifier/model.json",
     output:
         f"{RESULTS}/{{dataset}}/teacher/sample_accuracy.json",
-    params:
-        cfg=resolved_config,
-        prefix=lambda w, input: Path(input.classifier).with_suffix(""),
     log:
         f"{RESULTS}/logs/{{dataset}}/check_teacher.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/check_teacher.tsv"
+    conda:
+        "../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        cfg=resolved_config,
+        prefix=lambda w, input: Path(input.classifier).with_suffix(""),
     shell:
         "pecker evaluate accuracy --config {params.cfg} -d {wildcards.dataset} --classifier {params.prefix}"
         " --samples {input.samples} --out {output} > {log} 2>&1"
