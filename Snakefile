@@ -21,6 +21,7 @@ include: "rules/teacher.smk"
 include: "rules/classifier.smk"
 include: "rules/unlearn.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -47,7 +47,7 @@ def all_targets():
             f"{RESULTS}/{ds}/classifier/model.json",
             *eval_jsons(ds),
         ]
-    return targets
+    return targets + REPORT_TARGETS
 
 
 def checkpoint_steps(dataset, method):
