@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   set up .venv and run the whole embedded workflow offline (Snakemake, 2 cores)
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv, lint the workflow (snakefmt, snakemake --lint) and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: install
+	bash scripts/lint.sh
 	$(BIN)/pytest -q -ra
 
 lint: install

@@ -4,7 +4,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from pecker import config as pcfg
-from pecker.unlearn.trainer import configured_runs, method_settings
+from pecker.unlearn.trainer import configured_runs, method_config_hash, method_settings
 
 try:
     pcfg.validate(config)
@@ -18,6 +18,8 @@ DATASETS = sorted(config["datasets"])
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
+    method="[A-Za-z0-9][A-Za-z0-9_-]*",
+    seed="[0-9]+",
 
 
 # One resolved config per dataset, rewritten only when its content changes; every rule passes it to
@@ -76,3 +78,9 @@ def eval_grids(dataset):
         if ds == dataset
         for st in checkpoint_steps(ds, m)
     ]
+
+
+def unlearn_steps(wildcards):
+    """Length of one unlearning run (sets its runtime request)."""
+    ds = pcfg.dataset_config(config, wildcards.dataset)
+    return method_settings(ds["unlearn"], wildcards.method, wildcards.dataset)["steps"]

@@ -6,12 +6,14 @@
 # What it does:
 #   1. installs Debian's slurmctld, slurmd, slurm-client and munge when they are missing;
 #   2. starts munged (as the munge user), slurmctld and slurmd by hand (no systemd) for one node,
-#      127.0.0.1, with a fake GPU (Gres=gpu:h200:1, File=/dev/null) and writes the config to
-#      /etc/slurm/slurm.conf (a config found there is backed up and put back afterwards);
+#      127.0.0.1, with two fake GPUs (Gres=gpu:h200:2, gres.conf File=/dev/null and /dev/zero), and
+#      writes the config to /etc/slurm/slurm.conf, because the plugin drops SLURM_CONF inside jobs
+#      (a config found there is backed up and put back afterwards);
 #   3. copies the working tree (without .venv, data/, results/, .snakemake/) to a scratch folder
 #      and runs there, exactly as a user would, `snakemake --cores 8 --profile slurm` with the
 #      repository's site profile installed in a scratch XDG_CONFIG_HOME (site values adapted to
-#      this toy cluster: partition, no account, squeue status queries);
+#      this toy cluster: partition, no account, squeue status queries) and --max-threads 2, as the
+#      machine has 2 real cores;
 #   4. checks: Snakemake exit 0; every non-local job has a SLURM job id that slurmctld logged as
 #      submitted and finished with exit 0 and that squeue reports COMPLETED; GPU jobs (gpu=1)
 #      were submitted with --gpus and SLURM allocated them gres/gpu, CPU jobs got none; the
@@ -21,7 +23,8 @@
 # Environment (all optional):
 #   PECKER_SLURM_SRC        tree to copy and run                 (default: this repository)
 #   PECKER_SLURM_CONFIGFILE configfile relative to that tree     (default: config/test.yaml)
-#   PECKER_SLURM_TIMEOUT    seconds allowed for the Snakemake run (default: 900)
+#   PECKER_SLURM_TARGETS    targets (files or rule names) to run  (default: the whole DAG)
+#   PECKER_SLURM_TIMEOUT    seconds allowed for the Snakemake run (default: 1500)
 #   PECKER_SLURM_KEEP=1     keep the scratch folder (printed at the end)
 #   SNAKEMAKE               snakemake executable (default: .venv/bin/snakemake, else PATH)
 # Exit status: 0 passed, 1 failed, 77 cannot run here (not root, no apt, SLURM already running).
@@ -30,7 +33,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SRC=${PECKER_SLURM_SRC:-$REPO}
 CONFIGFILE=${PECKER_SLURM_CONFIGFILE:-config/test.yaml}
-RUN_TIMEOUT=${PECKER_SLURM_TIMEOUT:-900}
+RUN_TIMEOUT=${PECKER_SLURM_TIMEOUT:-1500}
+read -r -a TARGETS <<<"${PECKER_SLURM_TARGETS:-}"
 PARTITION=gpu
 MARKER="# written by pecker scripts/slurm_local.sh"
 T0=$SECONDS
@@ -154,8 +158,9 @@ else
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
     chmod 755 /run/munge
+    # --force: no munged answers (checked above), so a socket or pid file left there is stale
     setpriv --reuid=munge --regid=munge --init-groups \
-        munged --foreground --log-file="$WORK/munged.log" >"$WORK/munged.out" 2>&1 &
+        munged --foreground --force >"$WORK/munged.out" 2>&1 &
     STARTED_PIDS+=("munged:$!")
     wait_for 20 "munged" bash -c 'munge -n | unmunge'
     log "munged started (pid ${STARTED_PIDS[-1]##*:})"
@@ -163,7 +168,11 @@ fi
 
 # ---------------------------------------------------------------- 3. slurm config
 NODE=$(hostname -s)
-MEM_MB=64000   # declared, not enforced: SlurmdParameters=config_overrides, TaskPlugin=task/none
+# Declared, not real, resources (SlurmdParameters=config_overrides; TaskPlugin=task/none enforces
+# nothing): enough memory for the workflow profile's requests, 4 CPUs so two 2-thread jobs share
+# the 2 real cores, and two fake GPUs so the independent GPU rules can overlap.
+MEM_MB=64000
+CPUS=4
 mkdir -p /etc/slurm "$WORK/state" "$WORK/spool"
 for f in /etc/slurm/slurm.conf /etc/slurm/gres.conf; do
     if [[ -e $f ]] && ! grep -qF "$MARKER" "$f"; then cp -p "$f" "$BACKUP_DIR/"; fi
@@ -202,12 +211,13 @@ DebugFlags=Gres
 MinJobAge=900
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=$MEM_MB Gres=gpu:h200:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:h200:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 cat >/etc/slurm/gres.conf <<EOF
 $MARKER
 NodeName=$NODE Name=gpu Type=h200 File=/dev/null
+NodeName=$NODE Name=gpu Type=h200 File=/dev/zero
 EOF
 
 # ---------------------------------------------------------------- 4. daemons
@@ -241,17 +251,17 @@ res = prof.setdefault("default-resources", {})
 res["slurm_partition"] = partition
 res.pop("slurm_account", None)                  # no accounting database here
 prof["slurm-status-command"] = "squeue"           # sacct needs slurmdbd
-prof["slurm-init-seconds-before-status-checks"] = 5
+prof["slurm-init-seconds-before-status-checks"] = 2
 prof["slurm-keep-successful-logs"] = True
 prof["latency-wait"] = 10
 with open(path, "w") as fh:
     yaml.safe_dump(prof, fh, sort_keys=False)
 EOF
 
-log "running: snakemake --cores 8 --profile slurm --configfile $CONFIGFILE (in $RUN)"
+log "running: snakemake --cores 8 --profile slurm --configfile $CONFIGFILE ${TARGETS[*]} (in $RUN)"
 set +e
 (cd "$RUN" && timeout --kill-after=30 "$RUN_TIMEOUT" \
-    "$SNAKEMAKE" --cores 8 --profile slurm --configfile "$CONFIGFILE" --verbose) \
+    "$SNAKEMAKE" "${TARGETS[@]}" --cores 8 --profile slurm --configfile "$CONFIGFILE" --max-threads 2 --verbose) \
     >"$WORK/snakemake.log" 2>&1
 rc=$?
 set -e
@@ -352,7 +362,7 @@ sys.exit(1 if errors else 0)
 EOF
 
 # Outputs complete: a dry run in the same tree has nothing left to do.
-(cd "$RUN" && "$SNAKEMAKE" --cores 1 --configfile "$CONFIGFILE" -n --workflow-profile none) \
+(cd "$RUN" && "$SNAKEMAKE" "${TARGETS[@]}" --cores 1 --configfile "$CONFIGFILE" -n) \
     >"$WORK/dryrun.log" 2>&1 || die "dry run after the SLURM run failed (see $WORK/dryrun.log)"
 grep -q "Nothing to be done" "$WORK/dryrun.log" || {
     cat "$WORK/dryrun.log" >&2

@@ -127,3 +127,31 @@ def test_mask_with_everything_kept_equals_sfd():
     b.theta_step(c_r, c_f)
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("source", ["teacher", "real"])
+def test_mask_sources_teacher_and_real(source, tmp_path):
+    import numpy as np
+
+    from pecker import io
+    from pecker.unlearn.trainer import _mask_pool
+
+    m = f"datasets.{DS}.unlearn.methods.pecker.mask"
+    cfg = C.resolve([C.REPO_ROOT / "config" / "test.yaml"],
+                    [*TINY, f"{m}.source={source}", f"{m}.teacher_pool=3", f"{m}.teacher_sampling_steps=2",
+                     f"{m}.batch_size=2"])
+    ds = cfg["datasets"][DS]
+    s = method_settings(ds["unlearn"], "pecker", DS)
+    labels = np.array([0, 1, 0, 2, 0])
+    images = (np.arange(5 * 8 * 8).reshape(5, 8, 8, 1) % 255).astype(np.uint8)
+    io.save_npz(tmp_path / "train.npz", images=images, labels=labels)
+    io.atomic_write_json(tmp_path / "meta.json", {"source": "test"})
+    torch.manual_seed(0)
+    teacher = build_unet(ds["unet"], ds["data"])
+    pool = _mask_pool(s, ds, teacher, 0, "cpu", tmp_path)
+    assert pool.shape == (3, 1, 8, 8)
+    if source == "real":
+        torch.testing.assert_close(pool, torch.as_tensor(images[labels == 0]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    unl = Unlearner(teacher, ds["diffusion"], s, 10, 0, mask_pool=pool)
+    row = unl.train_step()
+    assert row["mask_refreshed"] == 1 and row["mask_density"] == pytest.approx(0.5, abs=1e-4)

@@ -35,6 +35,7 @@ import hashlib
 import importlib.metadata
 import logging
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def fid(gen: np.ndarray, ref: np.ndarray, implementation: str = TORCH_FIDELITY, 
     _check_dims(gen, ref)
     if projection not in ("auto", "none"):
         raise ValueError(f"projection must be 'auto' or 'none', got {projection!r}")
-    proj = "none"
+    proj, notes = "none", []
     if projection == "auto" and gen.shape[0] + ref.shape[0] < gen.shape[1]:
         gen, ref = joint_span_projection(gen, ref)
         proj = f"joint-span(dim={gen.shape[1]})"
@@ -135,11 +136,20 @@ def fid(gen: np.ndarray, ref: np.ndarray, implementation: str = TORCH_FIDELITY, 
         # clean-fid's own fid_from_feats: np.mean(axis=0), np.cov(rowvar=False)
         mu_g, sig_g = np.mean(gen, axis=0), np.cov(gen, rowvar=False)
         mu_r, sig_r = np.mean(ref, axis=0), np.cov(ref, rowvar=False)
-        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        # scipy warns (ill-conditioned sqrtm; deprecated `disp`) whenever n < dim, which is the
+        # normal case for small samples: keep the messages with the number instead of on stderr.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught
+                        if not issubclass(w.category, DeprecationWarning)})
         label = _label(CLEAN_FID, "fid.frechet_distance")
     else:
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
-    return {"fid": float(value), "fid_implementation": label, "fid_projection": proj}
+    out = {"fid": float(value), "fid_implementation": label, "fid_projection": proj}
+    if notes:
+        out["fid_warnings"] = notes
+    return out
 
 
 def kid(
@@ -267,6 +277,7 @@ def compute_metrics(
         "kid_subset_size_requested": int(kid_subset_size),
         "seed": int(seed),
         "fid_projection": f["fid_projection"],
+        "fid_warnings": f.get("fid_warnings", []),
         "implementation_requested": implementation,
         "implementation": {
             "fid": f["fid_implementation"],

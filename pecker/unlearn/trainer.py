@@ -93,6 +93,20 @@ def run_hash(ds_cfg: dict, settings: dict, seed: int, teacher_sha256: str) -> st
     })
 
 
+def method_config_hash(cfg: dict, dataset: str, method: str) -> str:
+    """Hash of the config one (dataset, method) run depends on, for Snakemake's params: unlike the
+    stage hash it ignores the other methods and the seed list, so adding a variant reruns nothing."""
+    ds = dataset_config(cfg, dataset)
+    s = method_settings(ds.get("unlearn") or {}, method, dataset)
+    return config_hash({k: ds.get(k) for k in ("data", "unet", "diffusion", "teacher")} | {"unlearn": s})
+
+
+def configured_runs(cfg: dict) -> list[tuple[str, str, int]]:
+    """``(dataset, method, seed)`` of every configured unlearning run."""
+    return [(name, m, seed) for name, ds in sorted(cfg["datasets"].items()) if ds.get("unlearn")
+            for m in ds["unlearn"]["methods"] for seed in ds["unlearn"]["seeds"]]
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -442,6 +456,11 @@ def run_unlearning(
                 f"{prev}.json was written with config hash {meta.get('config_hash')}, the current config "
                 f"(method {method!r}, seed {seed}, teacher {teacher_prefix}) hashes to {rhash}; refusing to "
                 f"resume: move {ckpt_dir} away or restore that config (nothing was overwritten)"
+            )
+        if meta["step"] > s["steps"]:
+            raise RuntimeError(
+                f"{prev}.json is at step {meta['step']}, beyond the configured steps ({s['steps']}); refusing to "
+                f"resume: raise steps or move {ckpt_dir} away (nothing was overwritten)"
             )
         tensors, meta = io.load_checkpoint(prev, device="cpu")
         unl.load_state(tensors, meta)

@@ -1,0 +1,139 @@
+"""Seconds per iteration and peak memory of SFD and PECKER (method.md sections 3-4).
+
+    python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
+
+Networks: the embedded one (config/config.yaml, batch from its unlearn block) and the CIFAR-10 paper
+network (config/cifar10.yaml) at a small batch, both randomly initialised (no teacher file needed).
+Variants: sfd; pecker with the mask recomputed every step (the paper's Algorithm 1), once at step 0,
+and every K steps (K = the number of timed iterations, so exactly one refresh falls in the timed
+window and the mean is the amortised cost). Each (network, variant) runs in its own process so the
+peak memory is its own. Uses CUDA when available, else the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORKS = {"embedded": ("config/config.yaml", "mnist"), "cifar10": ("config/cifar10.yaml", "cifar10")}
+VARIANTS = ("sfd", "pecker", "pecker_once", "pecker_every_k")
+
+
+def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: int, threads: int) -> dict:
+    import torch
+
+    from pecker import config as C
+    from pecker.diffusion.unet import build_unet, n_params
+    from pecker.unlearn.trainer import Unlearner, method_settings
+
+    torch.set_num_threads(threads)
+    path, ds_name = NETWORKS[network]
+    pre = f"datasets.{ds_name}.unlearn"
+    over = [f"{pre}.forget_batch_size=null"]
+    if batch:
+        over.append(f"{pre}.batch_size={batch}")
+    base = "sfd" if variant == "sfd" else "pecker"
+    if variant == "pecker_once":
+        over.append(f"{pre}.methods.pecker.mask.refresh=once")
+    elif variant == "pecker_every_k":
+        over += [f"{pre}.methods.pecker.mask.refresh=every_k", f"{pre}.methods.pecker.mask.refresh_every={iters}"]
+    cfg = C.resolve([ROOT / path], over)
+    ds = cfg["datasets"][ds_name]
+    s = method_settings(ds["unlearn"], base, ds_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    teacher = build_unet(ds["unet"], ds["data"])
+    unl = Unlearner(teacher, ds["diffusion"], s, ds["data"]["num_classes"], 0, device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        unl.train_step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, refreshed = [], 0
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        row = unl.train_step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        refreshed += row["mask_refreshed"]
+    out = {
+        "network": network, "variant": variant, "params": n_params(teacher), "batch": s["batch_size"],
+        "forget_batch": s["forget_batch_size"], "device": str(device), "threads": threads,
+        "sec_per_iter": statistics.mean(times), "sec_min": min(times), "refreshes_timed": refreshed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu"] = torch.cuda.get_device_name(0)
+    if s["mask"]["enabled"]:  # cost of one mask refresh (saliency fwd+bwd and the global threshold)
+        c_r, c_f = unl.draw_labels()
+        x_f = unl.gen(torch.randn(len(c_f), *unl.gen.image_shape, device=device), c_f).detach()
+        sync()
+        t0 = time.perf_counter()
+        unl.refresh_mask(x_f)
+        sync()
+        out["sec_mask_refresh"] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations, embedded network")
+    ap.add_argument("--paper-iters", type=int, default=2, help="timed iterations, CIFAR-10 network")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=None, help="embedded batch (default: config's)")
+    ap.add_argument("--paper-batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-paper", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--one", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:
+        net, var = args.one
+        batch, iters = (args.batch, args.iters) if net == "embedded" else (args.paper_batch, args.paper_iters)
+        print(json.dumps(run_one(net, var, batch, iters, args.warmup, args.threads)))
+        return
+
+    results = []
+    for net in ("embedded",) + (() if args.skip_paper else ("cifar10",)):
+        for var in VARIANTS:
+            cmd = [sys.executable, __file__, "--one", net, var, *sys.argv[1:]]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{net}/{var} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = results[-1]
+            print(f"  done {net}/{var}: {r['sec_per_iter']:.3f} s/it", file=sys.stderr, flush=True)
+
+    r0 = results[0]
+    print(f"device {r0['device']}{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, {r0['threads']} threads, "
+          f"mean of timed iterations after {args.warmup} warm-up")
+    mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
+    print(f"{'network':9} {'params':>7} {'batch':>6} {'variant':16} {'s/iter':>8} {'x SFD':>6} {'mask s':>7} "
+          f"{mem_key:>12}")
+    for r in results:
+        sfd = next(x for x in results if x["network"] == r["network"] and x["variant"] == "sfd")
+        k = args.iters if r["network"] == "embedded" else args.paper_iters
+        name = r["variant"] + (f" K={k}" if r["variant"] == "pecker_every_k" else "")
+        mask = f"{r['sec_mask_refresh']:.3f}" if "sec_mask_refresh" in r else "-"
+        print(f"{r['network']:9} {r['params'] / 1e6:6.1f}M {r['batch']:>3}+{r['forget_batch']:<2} {name:16} "
+              f"{r['sec_per_iter']:8.3f} {r['sec_per_iter'] / sfd['sec_per_iter']:6.2f} {mask:>7} {r[mem_key]:12.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
