@@ -4,7 +4,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from pecker import config as pcfg
-from pecker.unlearn.trainer import configured_runs, method_config_hash, method_settings
+from pecker.unlearn.settings import configured_runs, method_config_hash, method_settings
 
 try:
     pcfg.validate(config)

@@ -16,7 +16,12 @@ rule train_teacher:
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=60,
+        # minutes: short embedded/CI runs vs days for the paper's 800k / 250k steps (it resumes)
+        runtime=lambda w: (
+            60
+            if config["datasets"][w.dataset]["teacher"]["steps"] <= 5000
+            else 72 * 60
+        ),
     params:
         cfg=resolved_config,
         hash=stage_hash("teacher"),

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pecker import io
 from pecker.config import ConfigError, config_hash, dataset_config
+from pecker.unlearn.settings import BOOKKEEPING, configured_runs, method_config_hash, method_settings, run_hash  # noqa: F401
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params
 from pecker.provenance import Recorder
@@ -45,67 +46,6 @@ LOG_FIELDS = [
     "grad_norm_psi", "grad_norm_theta_remember", "grad_norm_theta_forget", "grad_norm_theta",
     "mask_density", "mask_refreshed", "loss_saliency", "ema_decay", "step_time_s",
 ]
-
-# Settings that do not change the trajectory of a run (excluded from its hash, so a run can be
-# extended or re-checkpointed and still resume).
-BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every")
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def method_settings(unl_cfg: dict, method: str, dataset: str = "<dataset>") -> dict:
-    """The flat settings of one method: common settings, overridden by ``methods.<method>``, with
-    the mask's null entries resolved. Raises :class:`ConfigError` naming the missing key."""
-    methods = unl_cfg.get("methods") or {}
-    if method not in methods:
-        raise ConfigError(
-            f"config key 'datasets.{dataset}.unlearn.methods.{method}' not found: method {method!r} "
-            f"is not configured (configured: {', '.join(sorted(methods)) or 'none'})"
-        )
-    s = {k: v for k, v in unl_cfg.items() if k not in ("methods", "seeds")}
-    s.update(methods[method])
-    s["method"] = method
-    if s.get("forget_batch_size") is None:
-        s["forget_batch_size"] = s["batch_size"]
-    mask = dict(s.get("mask") or {"enabled": False})
-    for key in ("t_min", "t_max"):
-        if mask.get(key) is None:
-            mask[key] = s[key]
-    if mask.get("batch_size") is None:
-        mask["batch_size"] = s["forget_batch_size"]
-    s["mask"] = mask
-    where = f"datasets.{dataset}.unlearn"
-    for lo, hi, pre in ((s["t_min"], s["t_max"], where), (mask["t_min"], mask["t_max"], f"{where}.methods.{method}.mask")):
-        if not lo < hi:
-            raise ConfigError(f"config key '{pre}.t_min': {lo} must be smaller than t_max ({hi})")
-    if s["forget_class"] == s["cover_class"]:
-        raise ConfigError(f"config key '{where}.cover_class': must differ from forget_class ({s['forget_class']})")
-    return s
-
-
-def run_hash(ds_cfg: dict, settings: dict, seed: int, teacher_sha256: str) -> str:
-    """Hash of everything that determines a run's trajectory (not its length or bookkeeping)."""
-    traj = {k: v for k, v in settings.items() if k not in BOOKKEEPING}
-    return config_hash({
-        "data": ds_cfg["data"], "unet": ds_cfg["unet"], "diffusion": ds_cfg.get("diffusion"),
-        "unlearn": traj, "seed": seed, "teacher_sha256": teacher_sha256,
-    })
-
-
-def method_config_hash(cfg: dict, dataset: str, method: str) -> str:
-    """Hash of the config one (dataset, method) run depends on, for Snakemake's params: unlike the
-    stage hash it ignores the other methods and the seed list, so adding a variant reruns nothing."""
-    ds = dataset_config(cfg, dataset)
-    s = method_settings(ds.get("unlearn") or {}, method, dataset)
-    return config_hash({k: ds.get(k) for k in ("data", "unet", "diffusion", "teacher")} | {"unlearn": s})
-
-
-def configured_runs(cfg: dict) -> list[tuple[str, str, int]]:
-    """``(dataset, method, seed)`` of every configured unlearning run."""
-    return [(name, m, seed) for name, ds in sorted(cfg["datasets"].items()) if ds.get("unlearn")
-            for m in ds["unlearn"]["methods"] for seed in ds["unlearn"]["seeds"]]
-
 
 # ----------------------------------------------------------------------------- the loop
 
