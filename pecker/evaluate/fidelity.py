@@ -32,7 +32,6 @@ and precision / recall are always computed on the original features.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import time
 import warnings
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from pecker import io
+from pecker.provenance import package_versions
 from pecker.evaluate.features import FeatureExtractor, check_images
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,7 @@ _PR_FULL_MATRIX_MAX = 50_000_000
 
 
 def library_versions() -> dict:
-    out = {}
-    for name in IMPLEMENTATIONS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(IMPLEMENTATIONS)
 
 
 def _label(library: str, function: str) -> str:

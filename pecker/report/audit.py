@@ -27,6 +27,7 @@ import pandas as pd
 
 from pecker import io
 from pecker.report.paper import Paper
+from pecker.report.results import nested_get
 from pecker.report.tables import COLUMN_BY_KEY, DASH, markdown_table
 
 FIDELITY = ("fid", "kid_mean", "kid_std", "precision", "recall")
@@ -69,14 +70,6 @@ def _isnan(v) -> bool:
         return False
 
 
-def _get(d, *keys):
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def _short(h, n: int = 12):
     return None if not h else str(h)[:n]
 
@@ -92,13 +85,13 @@ def _version(src: dict) -> str | None:
 
 
 def _n_retained(rec: dict) -> int | None:
-    classes = _get(rec, "samples", "retained_classes") or _get(rec, "reference", "classes")
+    classes = nested_get(rec, "samples", "retained_classes") or nested_get(rec, "reference", "classes")
     return len(classes) if isinstance(classes, list) else None
 
 
 def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[str], list[str]]:
     """``(evaluator text or None, missing fields, substitute reasons, notes)`` of one metric in one JSON."""
-    src = _get(rec, "metric_sources", metric)
+    src = nested_get(rec, "metric_sources", metric)
     if metric is None:
         return None, [], [], []
     if not isinstance(src, dict):
@@ -106,7 +99,7 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
     missing, subst, notes = [], [], []
     if metric in CLASSIFIER:
         clf = src.get("classifier") or {}
-        arch = _get(clf, "arch", "name") or (clf.get("arch") if isinstance(clf.get("arch"), str) else None)
+        arch = nested_get(clf, "arch", "name") or (clf.get("arch") if isinstance(clf.get("arch"), str) else None)
         if not clf.get("sha256"):
             missing.append(f"metric_sources.{metric}.classifier.sha256")
         text = f"classifier {arch or '?'} sha256:{_short(clf.get('sha256'), 8)}"
@@ -132,7 +125,7 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
             subst.append(f"{metric} evaluated with a substitute ({text})")
         cc = src.get("cross_check")
         if isinstance(cc, dict):
-            val, ours = cc.get("value", cc.get(metric)), _get(rec, "metrics", metric)
+            val, ours = cc.get("value", cc.get(metric)), nested_get(rec, "metrics", metric)
             text_cc = f"{rec.get('method')} seed {rec.get('seed')}: cross-check {cc.get('implementation')} {cc.get('version') or ''}".rstrip()
             if isinstance(val, (int, float)):
                 text_cc += f" gives {val:.6g}"
@@ -152,7 +145,7 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
 
 
 def sample_count(rec: dict, metric: str) -> str | None:
-    src = _get(rec, "metric_sources", metric) or {}
+    src = nested_get(rec, "metric_sources", metric) or {}
     s = rec.get("samples") or {}
     if metric in ("ua",):
         n = src.get("n", s.get("n_forget"))
@@ -164,7 +157,7 @@ def sample_count(rec: dict, metric: str) -> str | None:
     if n_gen is None:
         return None
     if metric in FIDELITY:
-        n_ref = src.get("n_ref", _get(rec, "reference", "n_images"))
+        n_ref = src.get("n_ref", nested_get(rec, "reference", "n_images"))
         return f"{n_gen} generated vs {n_ref if n_ref is not None else '?'} reference"
     return f"{n_gen} retained-class samples"
 
@@ -172,9 +165,9 @@ def sample_count(rec: dict, metric: str) -> str | None:
 def record_provenance(rec: dict, metric: str | None) -> tuple[dict, list[str], list[str], list[str]]:
     """``(provenance row, missing, substitute, notes)`` of one JSON for one cell."""
     missing = []
-    commit = _get(rec, "provenance", "git", "commit")
-    cfg = _get(rec, "provenance", "config_hash")
-    ckpt = _get(rec, "checkpoint", "sha256")
+    commit = nested_get(rec, "provenance", "git", "commit")
+    cfg = nested_get(rec, "provenance", "config_hash")
+    ckpt = nested_get(rec, "checkpoint", "sha256")
     for val, name in ((commit, "provenance.git.commit"), (cfg, "provenance.config_hash"), (ckpt, "checkpoint.sha256")):
         if not val:
             missing.append(name)
@@ -182,10 +175,10 @@ def record_provenance(rec: dict, metric: str | None) -> tuple[dict, list[str], l
     samples = sample_count(rec, metric) if metric else None
     if metric and samples is None:
         m2.append("sample count (samples / metric_sources.n)")
-    if _get(rec, "provenance", "git", "dirty"):
+    if nested_get(rec, "provenance", "git", "dirty"):
         notes.append(f"{rec.get('method')} seed {rec['seed']}: produced from a dirty git tree")
     row = {"method": rec.get("method"), "seed": rec["seed"], "path": rec.get("_path"), "commit": commit,
-           "dirty": _get(rec, "provenance", "git", "dirty"), "config_hash": cfg, "checkpoint_sha256": ckpt, "checkpoint": _get(rec, "checkpoint", "path"),
+           "dirty": nested_get(rec, "provenance", "git", "dirty"), "config_hash": cfg, "checkpoint_sha256": ckpt, "checkpoint": nested_get(rec, "checkpoint", "path"),
            "evaluator": evaluator, "samples": samples}
     return row, missing + m2, subst, notes
 
@@ -218,7 +211,7 @@ class Auditor:
             if column == "images_seen":
                 return rec.get("images_seen") if rec.get("images_seen") is not None else tr.get("images_seen")
             return tr.get(column)
-        return _get(rec, "metrics", COLUMN_BY_KEY[column].source)
+        return nested_get(rec, "metrics", COLUMN_BY_KEY[column].source)
 
     def cell(self, table: str, row: pd.Series, column: str) -> Cell:
         ds, method = str(row["dataset"]), str(row["method"])

@@ -84,7 +84,7 @@ def load_records(paths: Iterable[str | Path]) -> list[dict]:
     return [load_record(p) for p in paths]
 
 
-def _get(d, *keys):
+def nested_get(d, *keys):
     for k in keys:
         if not isinstance(d, dict):
             return None
@@ -113,10 +113,10 @@ def to_frame(records: list[dict]) -> pd.DataFrame:
             "train_steps": _num(tr.get("steps")),
             "wall_clock_s": _num(tr.get("wall_clock_s")),
             "peak_memory_mb": _num(tr.get("peak_memory_mb")),
-            "commit": _get(r, "provenance", "git", "commit"),
-            "dirty": _get(r, "provenance", "git", "dirty"),
-            "config_hash": _get(r, "provenance", "config_hash"),
-            "checkpoint_sha256": _get(r, "checkpoint", "sha256"),
+            "commit": nested_get(r, "provenance", "git", "commit"),
+            "dirty": nested_get(r, "provenance", "git", "dirty"),
+            "config_hash": nested_get(r, "provenance", "config_hash"),
+            "checkpoint_sha256": nested_get(r, "checkpoint", "sha256"),
             "path": r["_path"],
         }
         for k in metric_keys:
