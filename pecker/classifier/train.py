@@ -89,7 +89,7 @@ def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, n = total + float(loss) * len(idx), n + len(idx)
+            total, n = total + loss.item() * len(idx), n + len(idx)
         val_pred = predict_logits(model, spec, images[va], device=device).argmax(1).numpy()
         acc = float((val_pred == labels[va]).mean())
         history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_accuracy": acc})
