@@ -66,5 +66,16 @@ def set_threads(threads: int | None) -> None:
 threads_option = click.option(
     "--threads", type=int, default=None, help="Torch CPU threads (default: torch's choice)."
 )
+data_option = click.option(
+    "--data", "data_dir", type=click.Path(file_okay=False), default=None,
+    help="Prepared dataset folder (default: {data_dir}/{dataset}).",
+)
+
+
+def data_dir_for(cfg: dict, dataset: str, data_dir: str | None) -> str:
+    """The prepared dataset folder: ``--data`` when given, else ``{data_dir}/{dataset}``."""
+    return data_dir or str(Path(cfg["data_dir"]) / dataset)
+
+
 log_option = click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
                           help="Also write the log to this file.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pecker import clitools
@@ -17,8 +15,7 @@ def classifier() -> None:
 
 @classifier.command()
 @clitools.config_options
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@clitools.data_option
 @click.option("--out", "out_prefix", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint prefix, e.g. results/mnist/classifier/model (writes .safetensors + .json).")
 @clitools.threads_option
@@ -31,7 +28,7 @@ def train(config_files, overrides, dataset, data_dir, out_prefix, threads, log_f
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
     ds = cfgmod.dataset_config(cfg, dataset)
-    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     meta = train_classifier(ds, data_dir, out_prefix, clitools.resolve_device(cfg["device"]))
     log.info("held-out accuracy %.4f (%s%s)", meta["heldout_accuracy"], meta["arch"]["name"],
              ", substitute for the paper's ImageNet ResNet-34" if meta["substitute"] else "")

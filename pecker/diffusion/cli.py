@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import torch
 
@@ -19,8 +17,7 @@ def teacher() -> None:
 
 @teacher.command()
 @clitools.config_options
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@clitools.data_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder, e.g. results/mnist/teacher.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (testing resumption).")
@@ -37,7 +34,7 @@ def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, thread
     if ds["teacher"]["source"] == "file":
         fetch_teacher(ds, out_dir)
         return
-    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
 
 

@@ -68,8 +68,7 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
 @click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
 @click.option("--classifier", "classifier_prefix", required=True, type=click.Path(dir_okay=False))
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@clitools.data_option
 @click.option("--method", default=None, help="Method label recorded in the result (default: from the checkpoint).")
 @click.option("--seed", type=int, default=None, help="Run seed recorded in the result (default: from the checkpoint).")
 @click.option("--final/--checkpoint-only", default=True, show_default=True,
@@ -84,8 +83,6 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
 def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, data_dir, method, seed, final,
           out_path, grid_path, reference_path, threads, log_file) -> None:
     """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance."""
-    from pathlib import Path
-
     from pecker import io
     from pecker.config import config_hash
     from pecker.evaluate.run import evaluate_model, model_drawer
@@ -96,7 +93,7 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     cfg = clitools.load_config(config_files, overrides)
     ds = cfgmod.dataset_config(cfg, dataset)
     device = clitools.resolve_device(cfg["device"])
-    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     rec = Recorder("evaluate.model", config_hash(cfgmod.stage_config(cfg, dataset, "evaluate")),
                    seeds={"evaluate": ds["evaluate"]["seed"]})
     draw, cmeta = model_drawer(kind, prefix, ds, device)
@@ -131,16 +128,13 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
 
 @evaluate.command()
 @clitools.config_options
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-              help="Prepared dataset folder (default: {data_dir}/{dataset}).")
+@clitools.data_option
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Feature cache .npz (a .json sidecar is written beside it).")
 @clitools.threads_option
 @clitools.log_option
 def reference(config_files, overrides, dataset, data_dir, out_path, threads, log_file) -> None:
     """Compute (or verify the cache of) the Inception features of the retained-class training images."""
-    from pathlib import Path
-
     from pecker.evaluate import fidelity
     from pecker.evaluate.features import build_extractor
     from pecker.evaluate.run import reference_images, retained_classes
@@ -152,7 +146,7 @@ def reference(config_files, overrides, dataset, data_dir, out_path, threads, log
     ecfg = ds["evaluate"]
     fc = (ds.get("unlearn") or {}).get("forget_class", 0)
     keep = retained_classes(ds["data"]["num_classes"], fc)
-    images, _ = reference_images(data_dir or str(Path(cfg["data_dir"]) / dataset), keep, ecfg["reference_max_per_class"])
+    images, _ = reference_images(clitools.data_dir_for(cfg, dataset, data_dir), keep, ecfg["reference_max_per_class"])
     extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]))
     feats, meta = fidelity.reference_features(images, extractor, out_path, batch_size=ecfg["batch_size"])
     log.info("reference features %s of %d images (cache %s)", feats.shape, len(images),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pecker import clitools
@@ -44,7 +42,7 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, out_
         raise click.ClickException(str(err)) from None
     if seed not in ds["unlearn"]["seeds"]:
         log.warning("seed %d is not in datasets.%s.unlearn.seeds %s", seed, dataset, ds["unlearn"]["seeds"])
-    data_dir = data_dir or str(Path(cfg["data_dir"]) / dataset)
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     try:
         meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir,
                               clitools.resolve_device(cfg["device"]), data_dir=data_dir, max_steps=max_steps)

@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from pecker import io
-from pecker.config import ConfigError, config_hash, dataset_config
-from pecker.unlearn.settings import BOOKKEEPING, configured_runs, method_config_hash, method_settings, run_hash  # noqa: F401
+from pecker.config import ConfigError, dataset_config
+from pecker.unlearn.settings import method_settings, run_hash
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params
 from pecker.provenance import Recorder
