@@ -77,6 +77,8 @@ def test_resume_is_bit_identical_and_checkpoints_are_kept(teacher, tmp_path):
         assert key in meta
     ckpts = list_checkpoints(full)
     assert [s for s, _ in ckpts] == [0, 2, 4]
+    walls = [load_generator(path)[1]["wall_clock_s"] for _, path in ckpts]
+    assert 0 <= walls[0] <= walls[1] <= walls[2] <= meta["wall_clock_s"], walls
     g0, m0 = load_generator(ckpts[0][1])
     t = load_file(str(teacher) + ".safetensors")
     assert m0["step"] == 0 and all(torch.equal(v, t[k]) for k, v in g0.unet.state_dict().items())

@@ -415,14 +415,13 @@ def run_unlearning(
 
     def save(step_: int) -> None:
         d = step_dir(ckpt_dir, step_)
+        # training wall-clock so far (across resumes): the x-axis of the wall-clock curves
         common = {"step": step_, "images_seen": step_ * unl.images_per_step, "config_hash": rhash,
-                  "method": method, "seed": seed}
+                  "method": method, "seed": seed,
+                  "wall_clock_s": round(wall_before + time.perf_counter() - t_start, 3)}
         save_generator(d / "generator_ema", unl.gen, ds.get("diffusion") or {}, common, unl.ema_state_dict())
         tensors, smeta = unl.state()
-        io.save_checkpoint(d / "state", tensors, {
-            **smeta, **common, "kind": "unlearn_state",
-            "wall_clock_s": wall_before + time.perf_counter() - t_start,
-        })
+        io.save_checkpoint(d / "state", tensors, {**smeta, **common, "kind": "unlearn_state"})
         _prune_states(ckpt_dir, s["keep_states"])
 
     if prev is None:
