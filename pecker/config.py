@@ -158,19 +158,26 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-# Which sections each stage depends on: its hash changes only when one of them changes.
+# Which sections (or "section.key" entries) each stage depends on: its hash changes only when one
+# of them changes.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data",),
     "teacher": ("data", "unet", "diffusion", "teacher"),
     "classifier": ("data", "classifier"),
     "unlearn": ("data", "unet", "diffusion", "teacher", "unlearn"),
+    # reference features of the retained classes: independent of the networks and run lengths
+    "reference": ("data", "unlearn.forget_class", "evaluate"),
     "evaluate": ("data", "unet", "diffusion", "teacher", "classifier", "unlearn", "evaluate"),
 }
 
 
 def stage_config(cfg: dict, dataset: str, stage: str) -> dict:
     ds = dataset_config(cfg, dataset)
-    return {s: ds.get(s) for s in STAGE_SECTIONS[stage]}
+    out = {}
+    for entry in STAGE_SECTIONS[stage]:
+        section, _, key = entry.partition(".")
+        out[entry] = (ds.get(section) or {}).get(key) if key else ds.get(section)
+    return out
 
 
 def stage_hash(cfg: dict, dataset: str, stage: str) -> str:

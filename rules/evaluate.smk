@@ -34,7 +34,7 @@ rule reference_features:
         runtime=120,
     params:
         cfg=resolved_config,
-        hash=stage_hash("evaluate"),
+        hash=stage_hash("reference"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "pecker evaluate reference --config {params.cfg} -d {wildcards.dataset} --data {params.data}"

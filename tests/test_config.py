@@ -51,3 +51,12 @@ def test_unknown_dataset_is_named():
     cfg = cfgmod.resolve([REPO / "config" / "test.yaml"])
     with pytest.raises(cfgmod.ConfigError, match="'cifar100'"):
         cfgmod.dataset_config(cfg, "cifar100")
+
+
+def test_reference_features_depend_on_the_forget_class_not_on_run_lengths():
+    base = cfgmod.resolve([REPO / "config" / "test.yaml"])
+    longer = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.steps=99"])
+    other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.forget_class=3"])
+    ref = [cfgmod.stage_hash(c, "mnist-tiny", "reference") for c in (base, longer, other)]
+    assert ref[0] == ref[1] != ref[2]
+    assert cfgmod.stage_hash(base, "mnist-tiny", "evaluate") != cfgmod.stage_hash(longer, "mnist-tiny", "evaluate")
