@@ -167,7 +167,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "unlearn": ("data", "unet", "diffusion", "teacher", "unlearn"),
     # reference features of the retained classes: independent of the networks and run lengths
     "reference": ("data", "unlearn.forget_class", "evaluate"),
-    "evaluate": ("data", "unet", "diffusion", "teacher", "classifier", "unlearn", "evaluate"),
+    # evaluating a model: the model itself is an input file (its own config travels in its
+    # sidecar), so adding an unlearning variant or lengthening a run re-evaluates only that run
+    "evaluate": ("data", "classifier", "unlearn.forget_class", "unlearn.cover_class", "evaluate"),
 }
 
 

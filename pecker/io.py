@@ -14,11 +14,12 @@ import random
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: Snakemake's parse stays light
+    import torch
 
 
 class ChecksumError(RuntimeError):
@@ -109,6 +110,8 @@ def save_checkpoint(prefix: str | Path, tensors: dict[str, torch.Tensor], meta: 
     """Write ``prefix.safetensors`` and ``prefix.json`` (sidecar with sha256), both atomically."""
     prefix = Path(prefix)
     st_path = prefix.with_suffix(".safetensors")
+    from safetensors.torch import save_file
+
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(st_path, suffix=".safetensors") as tmp:
         save_file(flat, str(tmp))
@@ -131,6 +134,8 @@ def load_checkpoint(prefix: str | Path, device: str | torch.device = "cpu") -> t
         raise FileNotFoundError(f"checkpoint sidecar not found: {side}")
     meta = read_json(side)
     verify_checksum(st, meta["sha256"])
+    from safetensors.torch import load_file
+
     return load_file(str(st), device=str(device)), meta
 
 
@@ -145,6 +150,8 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
     """Split an optimizer state dict into tensors (safetensors) and JSON-able metadata."""
+    import torch
+
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
@@ -173,6 +180,8 @@ def optimizer_from_tensors(
 
 def rng_to_tensors(generators: dict[str, torch.Generator] | None = None) -> tuple[dict, dict]:
     """Capture torch (CPU and CUDA), numpy and python RNG states, plus named generators."""
+    import torch
+
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -191,6 +200,8 @@ def rng_to_tensors(generators: dict[str, torch.Generator] | None = None) -> tupl
 def rng_from_tensors(
     tensors: dict[str, torch.Tensor], meta: dict, generators: dict[str, torch.Generator] | None = None
 ) -> None:
+    import torch
+
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]

@@ -1,6 +1,7 @@
 import pytest
 
 from pecker import config as cfgmod
+from pecker.unlearn.settings import method_config_hash
 from tests.helpers import REPO
 
 CONFIGS = ["config.yaml", "test.yaml", "cifar10.yaml", "stl10.yaml"]
@@ -59,4 +60,39 @@ def test_reference_features_depend_on_the_forget_class_not_on_run_lengths():
     other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.forget_class=3"])
     ref = [cfgmod.stage_hash(c, "mnist-tiny", "reference") for c in (base, longer, other)]
     assert ref[0] == ref[1] != ref[2]
-    assert cfgmod.stage_hash(base, "mnist-tiny", "evaluate") != cfgmod.stage_hash(longer, "mnist-tiny", "evaluate")
+    assert cfgmod.stage_hash(base, "mnist-tiny", "unlearn") != cfgmod.stage_hash(longer, "mnist-tiny", "unlearn")
+
+
+def test_adding_an_unlearning_variant_changes_no_existing_hash():
+    base = cfgmod.resolve([REPO / "config" / "test.yaml"])
+    more = cfgmod.resolve([REPO / "config" / "test.yaml"],
+                          ["datasets.mnist-tiny.unlearn.methods.pecker_once={lam_psi: 1.0, mu_psi: 1.0, lam_theta: 1.0, mu_theta: 1.0, mask: {enabled: true, refresh: once}}"])
+    for stage in ("teacher", "classifier", "reference", "evaluate"):
+        assert cfgmod.stage_hash(base, "mnist-tiny", stage) == cfgmod.stage_hash(more, "mnist-tiny", stage), stage
+    assert method_config_hash(base, "mnist-tiny", "pecker") == method_config_hash(more, "mnist-tiny", "pecker")
+    other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.cover_class=2"])
+    assert cfgmod.stage_hash(base, "mnist-tiny", "evaluate") != cfgmod.stage_hash(other, "mnist-tiny", "evaluate")
+
+
+def test_ablation_overlay_merges_onto_the_embedded_config():
+    cfg = cfgmod.resolve([REPO / "config" / "config.yaml", REPO / "config" / "ablation.yaml"])
+    methods = cfg["datasets"]["mnist"]["unlearn"]["methods"]
+    assert {"sfd", "pecker", "pecker_once", "pecker_ratio03", "pecker_per_layer"} <= set(methods)
+    assert methods["pecker_once"]["mask"]["refresh"] == "once"
+    assert cfg["datasets"]["mnist"]["unlearn"]["steps"] == cfgmod.resolve([REPO / "config" / "config.yaml"])[
+        "datasets"]["mnist"]["unlearn"]["steps"]
+
+
+def test_workflow_parse_imports_no_torch(tmp_path):
+    """What rules/common.smk runs at parse time (on a cluster: once per job) stays torch-free."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pecker import config as C; from pecker.unlearn.settings import configured_runs\n"
+        f"cfg = C.resolve([{str(REPO / 'config' / 'test.yaml')!r}]); configured_runs(cfg)\n"
+        f"C.write_resolved(cfg, 'mnist-tiny', {str(tmp_path / 'c.yaml')!r})\n"
+        "assert 'torch' not in sys.modules, 'torch imported at parse time'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr

@@ -69,3 +69,14 @@ def test_paper_configs_dry_run(tmp_path, cfg):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "train_teacher" in res.stdout and "train_classifier" in res.stdout
+
+
+def test_ablation_overlay_adds_one_run_per_variant(tmp_path):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "ablation.yaml"),
+                          "-n", "--cores", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    stats = dict(line.split()[:2] for line in res.stdout.splitlines()
+                 if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert stats["unlearn"] == "7" and stats["evaluate_final"] == "7", stats
