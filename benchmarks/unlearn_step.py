@@ -1,4 +1,4 @@
-"""Seconds per iteration and peak memory of SFD and PECKER (method.md sections 3-4).
+"""Seconds per iteration and peak memory of SFD and PECKER (docs/method.md sections 3-4).
 
     python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
 
@@ -31,7 +31,8 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
 
     from pecker import config as C
     from pecker.diffusion.unet import build_unet, n_params
-    from pecker.unlearn.trainer import Unlearner, method_settings
+    from pecker.unlearn.settings import method_settings
+    from pecker.unlearn.trainer import Unlearner, class_task
 
     torch.set_num_threads(threads)
     path, ds_name = NETWORKS[network]
@@ -50,7 +51,7 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     teacher = build_unet(ds["unet"], ds["data"])
-    unl = Unlearner(teacher, ds["diffusion"], s, ds["data"]["num_classes"], 0, device)
+    unl = Unlearner(teacher, ds["diffusion"], s, class_task(s, ds["data"]["num_classes"], teacher, device), 0, device)
 
     def sync():
         if device.type == "cuda":
@@ -78,7 +79,7 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["gpu"] = torch.cuda.get_device_name(0)
     if s["mask"]["enabled"]:  # cost of one mask refresh (saliency fwd+bwd and the global threshold)
-        c_r, c_f = unl.draw_labels()
+        c_r, c_f, _ = unl.draw_conditions()
         x_f = unl.gen(torch.randn(len(c_f), *unl.gen.image_shape, device=device), c_f).detach()
         sync()
         t0 = time.perf_counter()

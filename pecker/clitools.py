@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -34,6 +35,19 @@ def load_config(config_files, overrides) -> dict:
     try:
         return cfgmod.resolve(config_files, overrides)
     except cfgmod.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@contextmanager
+def clean_errors():
+    """Turn the errors a user can fix (bad config, a refused resume, a failed checksum) into a
+    one-line message and exit code 1 instead of a traceback."""
+    from pecker.io import ChecksumError
+    from pecker.runs import ResumeRefused
+
+    try:
+        yield
+    except (cfgmod.ConfigError, ResumeRefused, ChecksumError) as err:
         raise click.ClickException(str(err)) from None
 
 

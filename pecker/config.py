@@ -158,34 +158,6 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-# Which sections (or "section.key" entries) each stage depends on: its hash changes only when one
-# of them changes.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "teacher": ("data", "unet", "diffusion", "teacher"),
-    "classifier": ("data", "classifier"),
-    "unlearn": ("data", "unet", "diffusion", "teacher", "unlearn"),
-    # reference features of the retained classes: independent of the networks and run lengths
-    "reference": ("data", "unlearn.forget_class", "evaluate"),
-    # evaluating a model: the model itself is an input file (its own config travels in its
-    # sidecar), so adding an unlearning variant or lengthening a run re-evaluates only that run
-    "evaluate": ("data", "classifier", "unlearn.forget_class", "unlearn.cover_class", "evaluate"),
-}
-
-
-def stage_config(cfg: dict, dataset: str, stage: str) -> dict:
-    ds = dataset_config(cfg, dataset)
-    out = {}
-    for entry in STAGE_SECTIONS[stage]:
-        section, _, key = entry.partition(".")
-        out[entry] = (ds.get(section) or {}).get(key) if key else ds.get(section)
-    return out
-
-
-def stage_hash(cfg: dict, dataset: str, stage: str) -> str:
-    return config_hash(stage_config(cfg, dataset, stage))
-
-
 def write_resolved(cfg: dict, dataset: str, path: str | Path) -> Path:
     """Write the resolved config restricted to one dataset; rewrite only when content changes."""
     from pecker.io import atomic_write_text

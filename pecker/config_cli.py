@@ -7,6 +7,7 @@ import yaml
 
 from pecker import clitools
 from pecker import config as cfgmod
+from pecker import workflow
 
 
 @click.group()
@@ -24,8 +25,12 @@ def show(config_files, overrides, dataset) -> None:
 
 @config.command("hash")
 @clitools.config_options
-@click.option("--stage", type=click.Choice(sorted(cfgmod.STAGE_SECTIONS)), required=True)
-def hash_(config_files, overrides, dataset, stage) -> None:
-    """Print the hash of the config sections one stage depends on."""
+@click.option("--stage", type=click.Choice(workflow.STAGES), required=True)
+@click.option("--method", default=None, help="Unlearning method (stage unlearn).")
+@click.option("--seed", type=int, default=None, help="Unlearning seed (stage unlearn).")
+def hash_(config_files, overrides, dataset, stage, method, seed) -> None:
+    """Print the config hash of one stage: the number its rule param, resume guard and result files
+    record (``config_hash``)."""
     cfg = clitools.load_config(config_files, overrides)
-    click.echo(cfgmod.stage_hash(cfg, dataset, stage))
+    with clitools.clean_errors():
+        click.echo(workflow.stage_hash(cfg, dataset, stage, method=method, seed=seed))

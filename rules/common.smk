@@ -1,14 +1,15 @@
-# Shared helpers: config validation (before any job runs), paths, stage hashes.
+# Shared helpers: config validation (before any job runs), paths, stage hashes. Everything comes
+# from pecker.workflow (torch-free): one function computes every stage's config hash, the number the
+# CLI's resume guard and result files record (`pecker config hash --stage S` prints it).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from pecker import config as pcfg
-from pecker.unlearn.settings import configured_runs, method_config_hash, method_settings
+from pecker import workflow as pwf
 
 try:
-    pcfg.validate(config)
-except pcfg.ConfigError as err:
+    pwf.validate(config)
+except pwf.ConfigError as err:
     raise WorkflowError(str(err))
 
 RESULTS = config["results_dir"]
@@ -26,7 +27,7 @@ wildcard_constraints:
 # the CLI, and the hash of the sections a rule depends on is a param, so editing a section reruns
 # exactly the rules that depend on it.
 RESOLVED = {
-    ds: str(pcfg.write_resolved(config, ds, Path(RESULTS) / ds / "config.yaml"))
+    ds: str(pwf.write_resolved(config, ds, Path(RESULTS) / ds / "config.yaml"))
     for ds in DATASETS
 }
 
@@ -36,7 +37,19 @@ def resolved_config(wildcards):
 
 
 def stage_hash(stage):
-    return lambda wildcards: pcfg.stage_hash(config, wildcards.dataset, stage)
+    """The stage's config hash, as a param (per method and seed for unlearn)."""
+    if stage == "unlearn":
+        return lambda w: pwf.stage_hash(
+            config, w.dataset, stage, method=w.method, seed=int(w.seed)
+        )
+    return lambda w: pwf.stage_hash(config, w.dataset, stage)
+
+
+def run_length(stage):
+    """What the stage hash leaves out (run length, checkpoint interval): a param, so it reruns."""
+    return lambda w: pwf.run_length(
+        config, w.dataset, stage, getattr(w, "method", None)
+    )
 
 
 def all_targets():
@@ -52,19 +65,14 @@ def all_targets():
     return targets + REPORT_TARGETS
 
 
-def checkpoint_steps(dataset, method):
-    s = method_settings(config["datasets"][dataset]["unlearn"], method, dataset)
-    return sorted(set(range(0, s["steps"] + 1, s["checkpoint_every"])) | {s["steps"]})
-
-
 def eval_jsons(dataset):
     """Every metric JSON of a dataset (teacher, each run's checkpoints and final generator)."""
     out = [f"{RESULTS}/{dataset}/eval/teacher/seed0/final.json"]
-    for ds, m, seed in configured_runs(config):
+    for ds, m, seed in pwf.configured_runs(config):
         if ds == dataset:
             out += [
                 f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}.json"
-                for st in checkpoint_steps(ds, m)
+                for st in pwf.checkpoint_steps(config, ds, m)
             ]
             out.append(f"{RESULTS}/{ds}/eval/{m}/seed{seed}/final.json")
     return out
@@ -74,13 +82,12 @@ def eval_grids(dataset):
     """The Fig. 2 sample grids of a dataset, one per saved checkpoint."""
     return [
         f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}_grid.npz"
-        for ds, m, seed in configured_runs(config)
+        for ds, m, seed in pwf.configured_runs(config)
         if ds == dataset
-        for st in checkpoint_steps(ds, m)
+        for st in pwf.checkpoint_steps(config, ds, m)
     ]
 
 
 def unlearn_steps(wildcards):
     """Length of one unlearning run (sets its runtime request)."""
-    ds = pcfg.dataset_config(config, wildcards.dataset)
-    return method_settings(ds["unlearn"], wildcards.method, wildcards.dataset)["steps"]
+    return pwf.unlearn_settings(config, wildcards.dataset, wildcards.method)["steps"]

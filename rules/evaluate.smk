@@ -1,4 +1,4 @@
-# Evaluation (method.md section 6): one job per evaluated model, so a cluster spreads them out.
+# Evaluation (docs/method.md section 6): one job per evaluated model, so a cluster spreads them out.
 #   teacher                      -> eval/teacher/seed0/final.json
 #   every saved checkpoint       -> eval/{method}/seed{seed}/step{NNNNNNN}.json (+ _grid.npz, Fig. 2)
 #   final EMA generator          -> eval/{method}/seed{seed}/final.json (Table 1 sample counts)

@@ -25,6 +25,7 @@ rule train_teacher:
     params:
         cfg=resolved_config,
         hash=stage_hash("teacher"),
+        length=run_length("teacher"),
         out=lambda w, output: Path(output.ema).parent,
         data=lambda w, input: Path(input.data).parent,
     shell:
@@ -57,7 +58,7 @@ rule sample_teacher:
         runtime=60,
     params:
         cfg=resolved_config,
-        hash=stage_hash("teacher"),
+        hash=stage_hash("sample"),
         prefix=lambda w, input: Path(input.ema).with_suffix(""),
     shell:
         "pecker teacher sample --config {params.cfg} -d {wildcards.dataset} --teacher {params.prefix}"
@@ -82,6 +83,7 @@ rule check_teacher:
         runtime=30,
     params:
         cfg=resolved_config,
+        hash=stage_hash("accuracy"),
         prefix=lambda w, input: Path(input.classifier).with_suffix(""),
     shell:
         "pecker evaluate accuracy --config {params.cfg} -d {wildcards.dataset} --classifier {params.prefix}"

@@ -1,4 +1,4 @@
-# SFD / PECKER unlearning (method.md sections 3-4): one job per dataset, method and seed.
+# SFD / PECKER unlearning (docs/method.md sections 3-4): one job per dataset, method and seed.
 # Each job resumes from OUT/ckpt (never a Snakemake output, so a failed or killed job keeps it).
 rule unlearn:
     input:
@@ -21,7 +21,8 @@ rule unlearn:
         runtime=lambda w: 60 if unlearn_steps(w) <= 5000 else 48 * 60,
     params:
         cfg=resolved_config,
-        hash=lambda w: method_config_hash(config, w.dataset, w.method),
+        hash=stage_hash("unlearn"),
+        length=run_length("unlearn"),
         teacher=lambda w, input: Path(input.teacher).with_suffix(""),
         out=lambda w, output: Path(output.meta).parent,
     shell:

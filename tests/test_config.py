@@ -1,7 +1,7 @@
 import pytest
 
 from pecker import config as cfgmod
-from pecker.unlearn.settings import method_config_hash
+from pecker import workflow as W
 from tests.helpers import REPO
 
 CONFIGS = ["config.yaml", "test.yaml", "cifar10.yaml", "stl10.yaml"]
@@ -44,8 +44,8 @@ def test_override_parsing_and_merge():
 def test_stage_hash_depends_only_on_its_sections():
     base = cfgmod.resolve([REPO / "config" / "test.yaml"])
     other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.classifier.epochs=7"])
-    assert cfgmod.stage_hash(base, "mnist-tiny", "teacher") == cfgmod.stage_hash(other, "mnist-tiny", "teacher")
-    assert cfgmod.stage_hash(base, "mnist-tiny", "classifier") != cfgmod.stage_hash(other, "mnist-tiny", "classifier")
+    assert W.stage_hash(base, "mnist-tiny", "teacher") == W.stage_hash(other, "mnist-tiny", "teacher")
+    assert W.stage_hash(base, "mnist-tiny", "classifier") != W.stage_hash(other, "mnist-tiny", "classifier")
 
 
 def test_unknown_dataset_is_named():
@@ -58,9 +58,12 @@ def test_reference_features_depend_on_the_forget_class_not_on_run_lengths():
     base = cfgmod.resolve([REPO / "config" / "test.yaml"])
     longer = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.steps=99"])
     other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.forget_class=3"])
-    ref = [cfgmod.stage_hash(c, "mnist-tiny", "reference") for c in (base, longer, other)]
+    ref = [W.stage_hash(c, "mnist-tiny", "reference") for c in (base, longer, other)]
     assert ref[0] == ref[1] != ref[2]
-    assert cfgmod.stage_hash(base, "mnist-tiny", "unlearn") != cfgmod.stage_hash(longer, "mnist-tiny", "unlearn")
+    # a longer run resumes: the unlearn hash leaves its length out (the rule's `length` param reruns it)
+    h = [W.stage_hash(c, "mnist-tiny", "unlearn", method="pecker", seed=0) for c in (base, longer, other)]
+    assert h[0] == h[1] != h[2]
+    assert W.run_length(base, "mnist-tiny", "unlearn", "pecker") != W.run_length(longer, "mnist-tiny", "unlearn", "pecker")
 
 
 def test_adding_an_unlearning_variant_changes_no_existing_hash():
@@ -68,10 +71,12 @@ def test_adding_an_unlearning_variant_changes_no_existing_hash():
     more = cfgmod.resolve([REPO / "config" / "test.yaml"],
                           ["datasets.mnist-tiny.unlearn.methods.pecker_once={lam_psi: 1.0, mu_psi: 1.0, lam_theta: 1.0, mu_theta: 1.0, mask: {enabled: true, refresh: once}}"])
     for stage in ("teacher", "classifier", "reference", "evaluate"):
-        assert cfgmod.stage_hash(base, "mnist-tiny", stage) == cfgmod.stage_hash(more, "mnist-tiny", stage), stage
-    assert method_config_hash(base, "mnist-tiny", "pecker") == method_config_hash(more, "mnist-tiny", "pecker")
+        assert W.stage_hash(base, "mnist-tiny", stage) == W.stage_hash(more, "mnist-tiny", stage), stage
+    for m in ("sfd", "pecker"):
+        assert W.stage_hash(base, "mnist-tiny", "unlearn", method=m, seed=0) == W.stage_hash(
+            more, "mnist-tiny", "unlearn", method=m, seed=0)
     other = cfgmod.resolve([REPO / "config" / "test.yaml"], ["datasets.mnist-tiny.unlearn.cover_class=2"])
-    assert cfgmod.stage_hash(base, "mnist-tiny", "evaluate") != cfgmod.stage_hash(other, "mnist-tiny", "evaluate")
+    assert W.stage_hash(base, "mnist-tiny", "evaluate") != W.stage_hash(other, "mnist-tiny", "evaluate")
 
 
 def test_ablation_overlay_merges_onto_the_embedded_config():
@@ -89,10 +94,26 @@ def test_workflow_parse_imports_no_torch(tmp_path):
     import sys
 
     code = (
-        "import sys; from pecker import config as C; from pecker.unlearn.settings import configured_runs\n"
-        f"cfg = C.resolve([{str(REPO / 'config' / 'test.yaml')!r}]); configured_runs(cfg)\n"
-        f"C.write_resolved(cfg, 'mnist-tiny', {str(tmp_path / 'c.yaml')!r})\n"
+        "import sys; from pecker import workflow as W\n"
+        f"cfg = W.resolve([{str(REPO / 'config' / 'test.yaml')!r}]); W.configured_runs(cfg)\n"
+        "[W.stage_hash(cfg, 'mnist-tiny', s, method='pecker', seed=0) for s in W.STAGES]\n"
+        f"W.write_resolved(cfg, 'mnist-tiny', {str(tmp_path / 'c.yaml')!r})\n"
         "assert 'torch' not in sys.modules, 'torch imported at parse time'\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0, res.stderr
+
+
+def test_unlearn_hash_needs_method_and_seed_and_ignores_bookkeeping():
+    base = cfgmod.resolve([REPO / "config" / "test.yaml"])
+    with pytest.raises(cfgmod.ConfigError, match="method and a seed"):
+        W.stage_hash(base, "mnist-tiny", "unlearn")
+    ds = "datasets.mnist-tiny"
+    same = cfgmod.resolve([REPO / "config" / "test.yaml"], [f"{ds}.unlearn.checkpoint_every=1", f"{ds}.unlearn.log_every=3",
+                                                           f"{ds}.teacher.steps=99", f"{ds}.teacher.sample.per_class=9"])
+    for stage in ("teacher",):
+        assert W.stage_hash(base, "mnist-tiny", stage) == W.stage_hash(same, "mnist-tiny", stage)
+    assert W.stage_hash(base, "mnist-tiny", "sample") != W.stage_hash(same, "mnist-tiny", "sample")
+    h = {(m, s): W.stage_hash(base, "mnist-tiny", "unlearn", method=m, seed=s) for m in ("sfd", "pecker") for s in (0, 1)}
+    assert len(set(h.values())) == 4
+    assert h[("pecker", 0)] == W.stage_hash(same, "mnist-tiny", "unlearn", method="pecker", seed=0)

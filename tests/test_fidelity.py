@@ -3,6 +3,7 @@ reference-feature cache.  Small image counts keep this well under a minute on tw
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -160,8 +161,19 @@ def test_libraries_agree_on_same_features():
     assert tf["kid_subset_size"] == cf["kid_subset_size"] == 100
     np.testing.assert_allclose(cf["kid_mean"], tf["kid_mean"], rtol=1e-6)
     np.testing.assert_allclose(cf["kid_std"], tf["kid_std"], rtol=1e-6)
-    assert tf["implementation"]["fid"].startswith("torch-fidelity==0.4.0:")
-    assert cf["implementation"]["fid"].startswith("clean-fid==0.1.35:")
+    assert tf["implementation"]["fid"] == {"library": "torch-fidelity", "version": "0.4.0",
+                                           "function": "metric_fid.fid_statistics_to_metric"}
+    assert cf["implementation"]["fid"] == {"library": "clean-fid", "version": "0.1.35",
+                                           "function": "fid.frechet_distance"}
+    assert tf["implementation"]["kid_std"] == {"library": "torch-fidelity", "version": "0.4.0",
+                                               "function": "metric_kid.kid_features_to_metric"}
+    assert cf["implementation"]["kid_mean"] == {"library": "clean-fid", "version": "0.1.35",
+                                                "function": "fid.kernel_distance",
+                                                "note": "std over per-subset calls"}
+    assert tf["implementation"]["precision"] == {"library": "torch-fidelity", "version": "0.4.0",
+                                                 "function": "metric_prc.prc_features_to_metric"}
+    assert "precision" not in cf["implementation"]  # the cross-check library computes no PR here
+    json.dumps(res)  # the records are plain JSON
     assert 0.0 <= tf["precision"] <= 1.0 and 0.0 <= tf["recall"] <= 1.0
     # KID with a different seed draws other subsets: close, not equal
     other = fm.kid(gen, ref, fm.CLEAN_FID, subsets=10, seed=8)["kid_mean"]
@@ -184,7 +196,11 @@ def test_compute_metrics_record_and_small_sample_kid():
         assert isinstance(out[key], float), key
         assert key in out["implementation"]
     assert out["kid_subset_size"] == 60 and out["kid_subset_size_requested"] == 1000
-    assert "clean-fid has no precision/recall" in out["implementation"]["precision"]
+    for key in ("precision", "recall"):
+        assert out["implementation"][key] == {
+            "library": "torch-fidelity", "version": "0.4.0", "function": "metric_prc.prc_features_to_metric",
+            "note": "clean-fid has no precision/recall: computed by torch-fidelity"}
+    assert out["implementation"]["fid"]["library"] == "clean-fid"
     assert abs(out["kid_mean"]) < 0.05  # same distribution
     shifted = fm.compute_metrics(gen + 1.0, ref, "torch-fidelity", kid_subsets=10)
     assert shifted["kid_mean"] > 10 * abs(out["kid_mean"]) and shifted["fid"] > out["fid"]
@@ -225,7 +241,8 @@ def test_inception_score_matches_formula_and_labels():
     assert res["is_mean"] == pytest.approx(np.mean(scores), rel=1e-9)
     assert res["is_std"] == pytest.approx(np.std(scores), rel=1e-6)
     assert res["is_source"] == "inception-v3-compat-logits-unbiased"
-    assert res["is_implementation"].startswith("torch-fidelity==0.4.0:")
+    assert res["is_implementation"] == {"library": "torch-fidelity", "version": "0.4.0",
+                                        "function": "metric_isc.isc_features_to_metric"}
     with pytest.raises(TypeError):
         fm.inception_score(logits)  # is_source is required
     with pytest.raises(ValueError, match="is_source"):

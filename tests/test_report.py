@@ -20,9 +20,13 @@ from pecker.report.paper import Paper, load_paper
 
 REPO = Path(__file__).resolve().parents[1]
 CLF = {"arch": {"name": "small_cnn", "width": 8}, "sha256": "c" * 64, "heldout_accuracy": 0.98, "substitute": True}
-FID_SRC = {"implementation": "torch-fidelity", "version": "0.4.0", "extractor": "nvidia-inception-2015-12-05-torchscript",
-           "extractor_sha256": "7ff4a85c" + "0" * 56, "substitute": False,
-           "cross_check": {"implementation": "clean-fid", "version": "0.1.35", "fid": 12.31}}
+FID_SRC = {"library": "torch-fidelity", "version": "0.4.0", "function": "metric_fid.fid_statistics_to_metric",
+           "extractor": "nvidia-inception-2015-12-05-torchscript",
+           "extractor_sha256": "7ff4a85c" + "0" * 56, "n_gen": 900, "n_ref": 4500, "substitute": False,
+           "cross_check": {"library": "clean-fid", "version": "0.1.35", "function": "fid.frechet_distance",
+                           "value": 12.31}}
+IS_SRC = {"library": "torch-fidelity", "version": "0.4.0", "function": "metric_isc.isc_features_to_metric",
+          "source": "ua-classifier-logits", "substitute": True, "n": 900}
 
 
 def result(dataset="mnist", method="pecker", seed=0, step=None, final=True, ua=98.0, fid=12.0, **over) -> dict:
@@ -36,7 +40,7 @@ def result(dataset="mnist", method="pecker", seed=0, step=None, final=True, ua=9
         "metric_sources": {
             "ua": {"classifier": CLF, "substitute": True}, "retained_accuracy": {"classifier": CLF, "substitute": True},
             "fid": FID_SRC, "kid_mean": FID_SRC, "precision": FID_SRC, "recall": FID_SRC,
-            "is_mean": {"source": "ua-classifier-logits", "substitute": True}},
+            "is_mean": IS_SRC},
         "samples": {"per_class": 100, "n_forget": 500, "seed": 0},
         "reference": {"n_images": 4500, "classes": list(range(1, 10)), "sha256": "r" * 64},
         "checkpoint": {"path": f"results/{dataset}/unlearn/{method}/seed{seed}/generator_ema", "sha256": f"{seed}" * 64},
@@ -181,6 +185,11 @@ def test_audit_cross_dataset_and_substitutes(runs, tmp_path):
     fid = cells["table1 mnist/sfd/fid"]
     assert fid["paper"] == 5.71 and "torch-fidelity 0.4.0" in fid["provenance"][0]["evaluator"]
     assert any("feature extractor nvidia-inception" in n for n in fid["notes"])
+    assert any("cross-check clean-fid 0.1.35 (fid.frechet_distance) gives 12.31 (ours 10, difference +2.31)" in n
+               for n in fid["notes"]), fid["notes"]
+    is_cell = cells["table1 mnist/pecker/is"]
+    assert is_cell["provenance"][0]["evaluator"] == \
+        "ua-classifier-logits, torch-fidelity 0.4.0 metric_isc.isc_features_to_metric"
     assert cells["table1 mnist/pecker_once/ua"]["paper"] is None
     assert cells["ablation mnist/sfd/ua_minus_pecker"]["paper"] == pytest.approx(93.72 - 98.76)
     md = (out / "audit.md").read_text()
@@ -218,6 +227,24 @@ def test_audit_missing_provenance_fails_and_names_cell(runs, tmp_path):
     assert any("metric_sources.fid.version" in m for m in fid["missing"])
     res, _ = _audit(tmp_path, jsons, ["--allow-missing"])
     assert res.exit_code == 0
+
+
+def test_evaluator_reads_typed_source_fields():
+    rec = result()
+    text, missing, _, notes = aud.evaluator_of(rec, "fid")
+    assert text == "torch-fidelity 0.4.0, extractor nvidia-inception-2015-12-05-torchscript" and missing == []
+    # the fields are read as recorded, not parsed out of a "lib==ver:fn" string
+    rec["metric_sources"]["fid"] = {k: v for k, v in FID_SRC.items() if k not in ("library", "version", "function")} | {
+        "implementation": "torch-fidelity==0.4.0:fid_statistics_to_metric"}
+    text, missing, _, _ = aud.evaluator_of(rec, "fid")
+    assert text.startswith("? ?") and missing == ["metric_sources.fid.library", "metric_sources.fid.version",
+                                                  "metric_sources.fid.function"]
+    rec["metric_sources"]["kid_mean"] = FID_SRC | {"library": "clean-fid", "version": "0.1.35",
+                                                   "function": "fid.kernel_distance", "note": "std over per-subset calls"}
+    assert aud.evaluator_of(rec, "kid_mean")[0].startswith("clean-fid 0.1.35, extractor")
+    rec["metric_sources"]["is_mean"] = {"source": "ua-classifier-logits", "substitute": True}
+    text, missing, subst, _ = aud.evaluator_of(rec, "is_mean")
+    assert text == "ua-classifier-logits" and missing == [] and subst
 
 
 def test_audit_flags_stale_table(runs, tmp_path):

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pecker import io
+from pecker.runs import ResumeRefused
 from pecker.diffusion.sample import class_labels, sample_batch
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.train import train_teacher
@@ -17,7 +18,7 @@ def test_schedule_matches_method_md():
     abar = torch.cumprod(1 - betas, 0)
     assert torch.allclose(sched.a.double(), abar.sqrt(), atol=1e-6)
     assert torch.allclose(sched.s.double(), (1 - abar).sqrt(), atol=1e-6)
-    assert sched.sigma(440) == pytest.approx(2.5, abs=0.02)  # method.md: t_init 440 <-> sigma 2.5
+    assert sched.sigma(440) == pytest.approx(2.5, abs=0.02)  # docs/method.md: t_init 440 <-> sigma 2.5
     x, eps, t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor([10, 900])
     z = sched.noise(x, t, eps)
     assert torch.allclose(sched.x0_from_eps(z, t, eps), x, atol=1e-4)
@@ -81,9 +82,12 @@ def test_resume_refuses_other_config(tmp_path):
     ds = tiny_config(steps=2, batch_size=8, checkpoint_every=1)
     train_teacher(ds, data, tmp_path / "run", torch.device("cpu"), max_steps=1)
     ds2 = tiny_config(steps=2, batch_size=8, checkpoint_every=1, lr=0.5)
-    with pytest.raises(RuntimeError, match="config hash"):
+    with pytest.raises(ResumeRefused, match="config hash"):
         train_teacher(ds2, data, tmp_path / "run", torch.device("cpu"))
-    assert (tmp_path / "run" / "ckpt" / "step0000001.json").exists()
+    assert (tmp_path / "run" / "ckpt" / "step0000001" / "state.json").exists()
+    # a longer run (steps, checkpointing and sampling are not part of the hash) resumes
+    ds3 = tiny_config(steps=3, batch_size=8, checkpoint_every=1, sample={**ds["teacher"]["sample"], "per_class": 2})
+    assert train_teacher(ds3, data, tmp_path / "run", torch.device("cpu"))["step"] == 3
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])

@@ -1,4 +1,4 @@
-"""The one-step generator and the structure of one SFD / PECKER iteration (method.md section 3)."""
+"""The one-step generator and the structure of one SFD / PECKER iteration (docs/method.md section 3)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from pecker import config as C
+from pecker.diffusion.conditioning import ClassCondition
 from pecker.diffusion.unet import build_unet, save_unet
 from pecker.unlearn.generator import OneStepGenerator, load_generator, sample_generator, save_generator
-from pecker.unlearn.trainer import Unlearner, method_settings
+from pecker.unlearn.settings import method_settings
+from pecker.unlearn.trainer import Unlearner, class_task
 
 DS = "mnist-tiny"
 TINY = [f"datasets.{DS}.unet.base_channels=8", f"datasets.{DS}.unet.norm_num_groups=4"]
@@ -26,7 +28,7 @@ def make_unlearner(method="sfd", *overrides, seed=0):
     torch.manual_seed(123)
     teacher = build_unet(ds["unet"], ds["data"])
     s = method_settings(ds["unlearn"], method, DS)
-    return Unlearner(teacher, ds["diffusion"], s, 10, seed), teacher
+    return Unlearner(teacher, ds["diffusion"], s, class_task(s, 10, teacher), seed), teacher
 
 
 def snapshot(module):
@@ -49,7 +51,7 @@ def test_generator_at_init_is_the_teachers_x0_estimate_at_t_init():
         z0 = s * n
         eps = teacher.eval()(z0, torch.full((4,), 440), class_labels=c).sample
         expected = (z0 - s * eps) / a
-        torch.testing.assert_close(gen(n, c), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gen(n, ClassCondition(c)), expected, rtol=1e-5, atol=1e-5)
     # all three networks start from the teacher's weights, and are separate copies
     assert same(snapshot(unl.gen.unet), snapshot(teacher)) and same(snapshot(unl.psi), snapshot(teacher))
     assert unl.gen.unet.conv_in.weight.data_ptr() != teacher.conv_in.weight.data_ptr()
@@ -73,13 +75,13 @@ def test_save_load_generator_roundtrip(tmp_path):
 def test_psi_step_changes_only_psi_theta_step_only_theta_teacher_never():
     unl, teacher = make_unlearner("pecker")
     t0, g0, p0 = snapshot(teacher), snapshot(unl.gen.unet), snapshot(unl.psi)
-    c_r, c_f = unl.draw_labels()
+    c_r, c_f, c_o = unl.draw_conditions()
     _, x_f = unl.psi_step(c_r, c_f)
     t1, g1, p1 = snapshot(teacher), snapshot(unl.gen.unet), snapshot(unl.psi)
     assert same(t0, t1) and same(g0, g1) and not same(p0, p1)
     unl.refresh_mask(x_f)
     assert same(g0, snapshot(unl.gen.unet)) and same(p1, snapshot(unl.psi))
-    unl.theta_step(c_r, c_f)
+    unl.theta_step(c_r, c_f, c_o)
     t2, g2, p2 = snapshot(teacher), snapshot(unl.gen.unet), snapshot(unl.psi)
     assert same(t0, t2) and same(p1, p2) and not same(g1, g2)
     assert all(p.grad is None for p in teacher.parameters())
@@ -123,9 +125,9 @@ def test_modes_labels_and_inputs_within_one_iteration():
 
 def test_retain_labels_cover_the_remaining_classes_uniformly():
     unl, _ = make_unlearner("sfd", f"datasets.{DS}.unlearn.batch_size=900")
-    c_r, c_f = unl.draw_labels()
-    counts = torch.bincount(c_r, minlength=10)
-    assert counts[0] == 0 and (counts[1:] > 60).all() and (c_f == 0).all()
+    c_r, c_f, c_o = unl.draw_conditions()
+    counts = torch.bincount(c_r.labels, minlength=10)
+    assert counts[0] == 0 and (counts[1:] > 60).all() and (c_f.labels == 0).all() and (c_o.labels == 1).all()
 
 
 def test_optimiser_clip_and_ema():

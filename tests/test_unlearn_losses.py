@@ -1,4 +1,4 @@
-"""SFD / PECKER losses against a plain per-sample reference computation (method.md section 3)."""
+"""SFD / PECKER losses against a plain per-sample reference computation (docs/method.md section 3)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import torch
 
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import build_unet
-from pecker.unlearn.losses import denoising_loss, psi_loss, sid_per_sample, theta_terms
+from pecker.diffusion.conditioning import ClassCondition as CC
+from pecker.unlearn.losses import DenoiseTerm, ScoreTerm, denoising_loss, denoising_terms, score_terms, sid_per_sample
 
 DATA = {"resolution": 8, "channels": 1, "num_classes": 10}
 UNET = {"base_channels": 8, "channel_mult": [1, 2], "layers_per_block": 1, "attention_resolutions": [4],
         "dropout": 0.1, "attention_head_dim": 8, "norm_num_groups": 4}
 
-# The linear DDPM schedule written out (method.md section 2), independent of diffusers.
+# The linear DDPM schedule written out (docs/method.md section 2), independent of diffusers.
 BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
 ABAR = torch.cumprod(1.0 - BETAS, 0)
 
@@ -85,14 +86,15 @@ def test_denoising_and_psi_loss_match_reference():
     with torch.no_grad():
         ref_r = ref_denoising(psi, x_r, c_r, t_r, e_r)
         ref_f = ref_denoising(psi, x_f, c_f, t_f, e_f)
-        assert float(denoising_loss(psi, sched, x_r, t_r, e_r, c_r)) == pytest.approx(float(ref_r), rel=1e-4)
-        total, rem, fgt = psi_loss(psi, sched, x_r, c_r, t_r, e_r, x_f, c_f, t_f, e_f, lam=0.7, mu=0.01)
+        assert float(denoising_loss(psi, sched, x_r, t_r, e_r, CC(c_r))) == pytest.approx(float(ref_r), rel=1e-4)
+        rem, fgt = denoising_terms(psi, sched, [DenoiseTerm(x_r, t_r, e_r, CC(c_r)), DenoiseTerm(x_f, t_f, e_f, CC(c_f))])
+        total = 0.7 * rem + 0.01 * fgt
     assert float(rem) == pytest.approx(float(ref_r), rel=1e-4)
     assert float(fgt) == pytest.approx(float(ref_f), rel=1e-4)
     assert float(total) == pytest.approx(0.7 * float(ref_r) + 0.01 * float(ref_f), rel=1e-4)
 
 
-def test_theta_terms_match_reference_values_and_gradients():
+def test_score_terms_match_reference_values_and_gradients():
     teacher, psi = nets()
     sched = Schedule(make_scheduler({}))
     x_r, c_r, t_r, e_r = batch(3, 3)
@@ -100,7 +102,8 @@ def test_theta_terms_match_reference_values_and_gradients():
     c_o, xi = 1, 1.2
 
     xr1, xf1 = x_r.clone().requires_grad_(), x_f.clone().requires_grad_()
-    rem, fgt = theta_terms(teacher, psi, sched, xr1, c_r, t_r, e_r, xf1, c_f, c_o, t_f, e_f, xi, 1e-5)
+    rem, fgt = score_terms(teacher, psi, sched, [ScoreTerm(xr1, t_r, e_r, CC(c_r), CC(c_r)),
+                                                 ScoreTerm(xf1, t_f, e_f, CC.full(2, c_o), CC(c_f))], xi, 1e-5)
     g_impl = torch.autograd.grad(0.3 * rem + 0.05 * fgt, (xr1, xf1))
 
     xr2, xf2 = x_r.clone().requires_grad_(), x_f.clone().requires_grad_()
@@ -119,7 +122,7 @@ def test_theta_terms_match_reference_values_and_gradients():
     assert abs(wrong.item() - ref_fgt.item()) > 1e-3 * abs(ref_fgt.item())
 
 
-def test_theta_terms_teacher_and_psi_see_the_same_noisy_input():
+def test_score_terms_teacher_and_psi_see_the_same_noisy_input():
     teacher, psi = nets()
     sched = Schedule(make_scheduler({}))
     seen = {}
@@ -128,7 +131,8 @@ def test_theta_terms_teacher_and_psi_see_the_same_noisy_input():
     x_r, c_r, t_r, e_r = batch(2, 5)
     x_f, c_f, t_f, e_f = batch(2, 6, label=0)
     with torch.no_grad():
-        theta_terms(teacher, psi, sched, x_r, c_r, t_r, e_r, x_f, c_f, 1, t_f, e_f, 1.2, 1e-5)
+        score_terms(teacher, psi, sched, [ScoreTerm(x_r, t_r, e_r, CC(c_r), CC(c_r)),
+                                          ScoreTerm(x_f, t_f, e_f, CC.full(2, 1), CC(c_f))], 1.2, 1e-5)
     torch.testing.assert_close(seen["phi"][0], seen["psi"][0], rtol=0, atol=0)
     assert torch.equal(seen["phi"][1], seen["psi"][1])
 

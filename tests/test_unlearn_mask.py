@@ -1,4 +1,4 @@
-"""PECKER's saliency mask (method.md section 4)."""
+"""PECKER's saliency mask (docs/method.md section 4)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from pecker import config as C
+from pecker.diffusion.conditioning import ClassCondition
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import build_unet
 from pecker.unlearn.mask import density, saliency_gradients, top_ratio_mask
-from pecker.unlearn.trainer import Unlearner, method_settings
+from pecker.unlearn.settings import method_settings
+from pecker.unlearn.trainer import Unlearner, class_task
 
 DS = "mnist-tiny"
 TINY = [f"datasets.{DS}.unet.base_channels=8", f"datasets.{DS}.unet.norm_num_groups=4"]
@@ -20,7 +22,8 @@ def make_unlearner(method, *overrides):
     ds = cfg["datasets"][DS]
     torch.manual_seed(7)
     teacher = build_unet(ds["unet"], ds["data"])
-    return Unlearner(teacher, ds["diffusion"], method_settings(ds["unlearn"], method, DS), 10, 0)
+    s = method_settings(ds["unlearn"], method, DS)
+    return Unlearner(teacher, ds["diffusion"], s, class_task(s, 10, teacher), 0)
 
 
 def random_grads(seed=0):
@@ -64,7 +67,7 @@ def test_saliency_gradient_is_the_gradient_of_the_plain_denoising_loss():
     x, eps = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)
     t, c = torch.tensor([40, 300, 700]), torch.zeros(3, dtype=torch.long)
     params = list(unet.parameters())
-    loss, grads = saliency_gradients(unet, sched, x, t, eps, c, params)
+    loss, grads = saliency_gradients(unet, sched, x, t, eps, ClassCondition(c), params)
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
     ref = 0.0
     for i in range(3):
@@ -86,7 +89,7 @@ def test_mask_once_with_forget_only_loss_moves_only_masked_parameters(apply_to):
     assert [r["mask_refreshed"] for r in rows] == [1, 0, 0]
     assert all(r["mask_density"] == pytest.approx(0.3, abs=1e-4) for r in rows)
     moved = kept_moved = 0
-    for p0, p1, mask in zip(before, unl.params, unl.mask):
+    for p0, p1, mask in zip(before, unl.params, unl.mask.masks):
         assert torch.equal(p0[~mask], p1.detach()[~mask]), "an unmasked parameter moved"
         kept_moved += int((p0[mask] != p1.detach()[mask]).sum())
         moved += int(mask.sum())
@@ -111,8 +114,8 @@ def test_mask_with_everything_kept_equals_sfd():
     common = [f"{m}.sfd.mu_psi=1.0", f"{m}.sfd.mu_theta=1.0", f"{m}.pecker.mask.ratio=1.0"]
     a = make_unlearner("sfd", *common)
     b = make_unlearner("pecker", *common)
-    c_r, c_f = a.draw_labels()
-    b.draw_labels()
+    c_r, c_f, c_o = a.draw_conditions()
+    b.draw_conditions()
     torch.manual_seed(1)  # dropout draws from the global RNG the two share
     a.psi_step(c_r, c_f)
     torch.manual_seed(1)
@@ -120,11 +123,11 @@ def test_mask_with_everything_kept_equals_sfd():
     rng_state = b.rng.get_state()
     b.refresh_mask(x_f)  # draws t and eps: rewind so both theta steps see the same draws
     b.rng.set_state(rng_state)
-    assert density(b.mask) == 1.0
+    assert b.mask.density == 1.0
     torch.manual_seed(2)
-    a.theta_step(c_r, c_f)
+    a.theta_step(c_r, c_f, c_o)
     torch.manual_seed(2)
-    b.theta_step(c_r, c_f)
+    b.theta_step(c_r, c_f, c_o)
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
@@ -134,7 +137,7 @@ def test_mask_sources_teacher_and_real(source, tmp_path):
     import numpy as np
 
     from pecker import io
-    from pecker.unlearn.trainer import _mask_pool
+    from pecker.unlearn.mask import build_pool
 
     m = f"datasets.{DS}.unlearn.methods.pecker.mask"
     cfg = C.resolve([C.REPO_ROOT / "config" / "test.yaml"],
@@ -148,10 +151,11 @@ def test_mask_sources_teacher_and_real(source, tmp_path):
     io.atomic_write_json(tmp_path / "meta.json", {"source": "test"})
     torch.manual_seed(0)
     teacher = build_unet(ds["unet"], ds["data"])
-    pool = _mask_pool(s, ds, teacher, 0, "cpu", tmp_path)
+    task = class_task(s, 10, teacher)
+    pool = build_pool(s, ds, teacher, task.forget, 0, "cpu", tmp_path)
     assert pool.shape == (3, 1, 8, 8)
     if source == "real":
         torch.testing.assert_close(pool, torch.as_tensor(images[labels == 0]).permute(0, 3, 1, 2).float() / 127.5 - 1)
-    unl = Unlearner(teacher, ds["diffusion"], s, 10, 0, mask_pool=pool)
+    unl = Unlearner(teacher, ds["diffusion"], s, task, 0, mask_pool=pool)
     row = unl.train_step()
     assert row["mask_refreshed"] == 1 and row["mask_density"] == pytest.approx(0.5, abs=1e-4)

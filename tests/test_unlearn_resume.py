@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from pecker import config as C
 from pecker import io
 from pecker.cli import main
+from pecker.runs import ResumeRefused
 from pecker.diffusion.unet import build_unet, save_unet
 from pecker.unlearn.generator import load_generator
 from pecker.unlearn.trainer import list_checkpoints, run_unlearning
@@ -92,7 +93,7 @@ def test_changed_config_is_refused_without_overwriting(teacher, tmp_path):
     state = out / "ckpt" / "step0000002" / "state.safetensors"
     digest = io.sha256_file(state)
     changed = C.resolve([TEST_YAML], [*OVR, f"datasets.{DS}.unlearn.xi=1.0"])
-    with pytest.raises(RuntimeError, match="refusing to resume"):
+    with pytest.raises(ResumeRefused, match="refusing to resume"):
         run_unlearning(changed, DS, "sfd", 0, teacher, out)
     assert io.sha256_file(state) == digest and not (out / "generator_ema.json").exists()
     # a longer run (steps is bookkeeping, not part of the hash) resumes

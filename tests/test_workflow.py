@@ -47,11 +47,48 @@ def test_test_config_runs_end_to_end(tmp_path):
     assert all(m in table for m in ("teacher", "sfd", "pecker")), table
     audit = json.loads((out / "tables" / "audit.json").read_text())
     assert audit["cells"] and not audit["summary"]["missing_provenance"], audit["summary"]
+    check_recorded_hashes(tmp_path)
     # a second run has nothing to do, and the HTML report builds from what is there
     dry = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     snakemake(tmp_path, "--report", str(out / "report.html"))
     assert "table1" in (out / "report.html").read_text(errors="replace")
+
+
+def check_recorded_hashes(workdir: Path) -> None:
+    """`pecker config hash --stage S` prints exactly the config_hash every result of stage S records."""
+    from click.testing import CliRunner
+
+    from pecker.cli import main
+
+    res = workdir / "results" / "mnist-tiny"
+
+    def printed(stage, *extra):
+        out = CliRunner().invoke(main, ["config", "hash", "--config", str(res / "config.yaml"), "-d", "mnist-tiny",
+                                        "--stage", stage, *extra])
+        assert out.exit_code == 0, out.output
+        return out.output.strip()
+
+    def load(path):
+        return json.loads(path.read_text())
+
+    recorded = {
+        "data": [load(workdir / "data" / "mnist-tiny" / "meta.json")["config_hash"]],
+        "teacher": [load(res / "teacher" / n)[k] for n in ("ema.json", "model.json") for k in ("config_hash",)]
+        + [load(res / "teacher" / "ema.json")["provenance"]["config_hash"]],
+        "sample": [load(res / "teacher" / "samples.json")["provenance"]["config_hash"]],
+        "classifier": [load(res / "classifier" / "model.json")["config_hash"]],
+        "accuracy": [load(res / "teacher" / "sample_accuracy.json")["provenance"]["config_hash"]],
+        "reference": [load(res / "eval" / "reference.json")["config_hash"]],
+        "evaluate": [load(p)["provenance"]["config_hash"] for p in sorted((res / "eval").glob("*/seed*/*.json"))],
+    }
+    for stage, values in recorded.items():
+        assert values and set(values) == {printed(stage)}, (stage, values)
+    for method in ("sfd", "pecker"):
+        run = res / "unlearn" / method / "seed0"
+        values = [load(run / "generator_ema.json")["config_hash"]]
+        values += [load(p)["config_hash"] for p in sorted((run / "ckpt").glob("step*/*.json"))]
+        assert len(values) > 3 and set(values) == {printed("unlearn", "--method", method, "--seed", "0")}, method
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -1,1 +1,1 @@
-"""The classifier that measures forgetting (UA) and retained-class accuracy (method.md section 6)."""
+"""The classifier that measures forgetting (UA) and retained-class accuracy (docs/method.md section 6)."""

@@ -1,6 +1,6 @@
 """Train the UA classifier on a prepared dataset and report its held-out accuracy.
 
-Recipe (method.md section 6, paper scale): Adam, head learning rate x ``head_lr_mult``, weight
+Recipe (docs/method.md section 6, paper scale): Adam, head learning rate x ``head_lr_mult``, weight
 decay, ``epochs`` over a stratified training split; ``val_fraction`` of every class is held out.
 """
 
@@ -18,9 +18,9 @@ from pecker import io
 from pecker.classifier.models import (
     build_classifier, head_parameters, input_spec, predict_logits, preprocess, save_classifier,
 )
-from pecker.config import config_hash
 from pecker.data import load_prepared
 from pecker.provenance import Recorder
+from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger("pecker.classifier")
 
@@ -58,7 +58,7 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path, device: torch.device) -> dict:
     ccfg, dcfg = ds_cfg["classifier"], ds_cfg["data"]
-    chash = config_hash({"data": dcfg, "classifier": ccfg})
+    chash = ds_stage_hash(ds_cfg, "classifier")
     rec = Recorder("classifier.train", chash, seeds={"classifier": ccfg["seed"]})
     torch.manual_seed(ccfg["seed"])
     images, labels, data_meta = load_prepared(data_dir)

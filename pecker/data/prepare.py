@@ -13,10 +13,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from pecker import io
-from pecker.config import ConfigError, config_hash, load_schema
+from pecker.config import ConfigError, load_schema
 from pecker.data.raw import RawData
 from pecker.data.sources import get_source, load_source, source_root
 from pecker.provenance import Recorder
+from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def prepare(data_cfg: Mapping, out_dir: str | Path, dataset: str | None = None) 
     """
     cfg_key = f"datasets.{dataset}.data" if dataset else "data"
     data = complete_data_config(data_cfg, cfg_key)
-    digest = config_hash({"data": data})  # == pecker.config.stage_hash(cfg, dataset, "data")
+    digest = ds_stage_hash({"data": data}, "data")
     rec = Recorder("data.prepare", digest, dataset=dataset)
     check_channels(get_source(data["source"]).channels, data["channels"], cfg_key)  # before loading
 

@@ -7,7 +7,7 @@ import torch
 
 from pecker import clitools
 from pecker import config as cfgmod
-from pecker.config import config_hash
+from pecker.workflow import ds_stage_hash
 
 
 @click.group()
@@ -30,12 +30,13 @@ def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, thread
     clitools.setup_logging(log_file)
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
-    ds = cfgmod.dataset_config(cfg, dataset)
-    if ds["teacher"]["source"] == "file":
-        fetch_teacher(ds, out_dir)
-        return
-    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
-    train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
+    with clitools.clean_errors():
+        ds = cfgmod.dataset_config(cfg, dataset)
+        if ds["teacher"]["source"] == "file":
+            fetch_teacher(ds, out_dir)
+            return
+        data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
+        train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
 
 
 @teacher.command()
@@ -56,16 +57,17 @@ def sample(config_files, overrides, dataset, teacher_prefix, out_path, grid_path
 
     log = clitools.setup_logging(log_file)
     clitools.set_threads(threads)
-    cfg = clitools.load_config(config_files, overrides)
-    ds = cfgmod.dataset_config(cfg, dataset)
-    scfg = dict(ds["teacher"]["sample"])
     if per_class:
-        scfg["per_class"] = per_class
+        overrides = (*overrides, f"datasets.{dataset}.teacher.sample.per_class={per_class}")
+    cfg = clitools.load_config(config_files, overrides)
+    with clitools.clean_errors():
+        ds = cfgmod.dataset_config(cfg, dataset)
+    scfg = ds["teacher"]["sample"]
     device = clitools.resolve_device(cfg["device"])
     model, meta = load_unet(teacher_prefix, device=device)
     model.eval()
     ddpm = make_scheduler(ds["diffusion"])
-    rec = Recorder("teacher.sample", config_hash(scfg), seeds={"sample": scfg["seed"]})
+    rec = Recorder("teacher.sample", ds_stage_hash(ds, "sample"), seeds={"sample": scfg["seed"]})
     labels = class_labels(ds["data"]["num_classes"], scfg["per_class"])
     log.info("sampling %d images (%s, %d steps, guidance %.2f)", len(labels), scfg["sampler"], scfg["steps"],
              scfg["guidance_scale"])

@@ -1,5 +1,6 @@
-"""Seeded class-conditional sampling from a multi-step DDPM (1000-step DDPM or N-step DDIM),
-with optional classifier-free guidance, and the image files it writes (array + PNG grid)."""
+"""Seeded conditional sampling from a multi-step DDPM (1000-step DDPM or N-step DDIM), with optional
+classifier-free guidance (carried by the condition, :mod:`pecker.diffusion.conditioning`), and the
+image files it writes (array + PNG grid)."""
 
 from __future__ import annotations
 
@@ -13,35 +14,30 @@ from tqdm import tqdm
 
 from pecker import io
 from pecker.data import from_model_range
+from pecker.diffusion.conditioning import Condition, class_condition
 from pecker.diffusion.schedule import make_ddim
-from pecker.diffusion.unet import null_label
-
-
-@torch.no_grad()
-def _guided_eps(model, z, t, labels, guidance_scale: float):
-    tt = torch.full((len(z),), int(t), device=z.device, dtype=torch.long)
-    if guidance_scale == 1.0:
-        return model(z, tt, class_labels=labels).sample
-    null = torch.full_like(labels, null_label(model))
-    eps = model(torch.cat([z, z]), torch.cat([tt, tt]), class_labels=torch.cat([labels, null])).sample
-    cond, uncond = eps.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
 
 
 @torch.no_grad()
 def sample_batch(
     model,
     ddpm: DDPMScheduler,
-    labels: torch.Tensor,
+    cond: Condition | torch.Tensor,
     generator: torch.Generator,
     sampler: str = "ddim",
     steps: int = 50,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
-    """Images in [-1, 1] for ``labels``; noise drawn from the CPU ``generator`` (device-independent)."""
+    """Images in [-1, 1] at the conditions ``cond``; noise drawn from the CPU ``generator``
+    (device-independent). Class labels may be passed as a tensor (with ``guidance_scale``); a
+    :class:`Condition` carries its own guidance unless ``guidance_scale`` overrides it."""
     device = next(model.parameters()).device
+    if torch.is_tensor(cond):
+        cond = class_condition(model, cond, 1.0 if guidance_scale is None else guidance_scale)
+    elif guidance_scale is not None:
+        cond = cond.with_guidance(guidance_scale)
     cfg = model.config
-    shape = (len(labels), cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    shape = (len(cond), cfg.in_channels, cfg.sample_size, cfg.sample_size)
     if sampler == "ddpm":
         sched = DDPMScheduler.from_config(ddpm.config)
         sched.set_timesteps(ddpm.config.num_train_timesteps)
@@ -51,9 +47,9 @@ def sample_batch(
     else:
         raise ValueError(f"unknown sampler {sampler!r} (config key 'sample.sampler': ddpm | ddim)")
     z = torch.randn(shape, generator=generator).to(device)
-    labels = labels.to(device)
+    cond = cond.to(device)
     for t in sched.timesteps:
-        eps = _guided_eps(model, z, t, labels, guidance_scale)
+        eps = cond.eps(model, z, torch.full((len(z),), int(t), device=device, dtype=torch.long))
         if sampler == "ddpm":
             z = sched.step(eps, t, z, generator=generator).prev_sample
         else:

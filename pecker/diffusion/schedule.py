@@ -1,4 +1,4 @@
-"""The DDPM noise schedule (diffusers ``DDPMScheduler``) and the quantities method.md uses.
+"""The DDPM noise schedule (diffusers ``DDPMScheduler``) and the quantities of docs/method.md section 2.
 
 ``a_t = sqrt(alphabar_t)``, ``s_t = sqrt(1 - alphabar_t)``, ``z_t = a_t x + s_t eps`` and the
 Tweedie x0-estimate ``x(z_t, t, c) = (z_t - s_t eps(z_t, t, c)) / a_t``.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+
+from pecker.diffusion.conditioning import Condition
 
 
 def make_scheduler(diffusion_cfg: dict) -> DDPMScheduler:
@@ -51,10 +53,11 @@ class Schedule:
         return float(self.s[t] / self.a[t])
 
 
-def eps_pred(model, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Noise prediction of a class-conditional UNet2DModel."""
-    return model(z, t, class_labels=labels).sample
+def eps_pred(model, z: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+    """Noise prediction of ``model`` at the conditions ``cond`` (guided when ``cond.guidance != 1``)."""
+    return cond.eps(model, z, t)
 
 
-def x0_pred(model, sched: Schedule, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return sched.x0_from_eps(z, t, eps_pred(model, z, t, labels))
+def x0_pred(model, sched: Schedule, z: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+    """Tweedie x0-estimate ``(z_t - s_t eps(z_t, t, c)) / a_t``."""
+    return sched.x0_from_eps(z, t, eps_pred(model, z, t, cond))

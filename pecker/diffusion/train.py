@@ -1,19 +1,20 @@
-"""Teacher training (method.md section 2): epsilon-prediction DDPM with label dropout and EMA.
+"""Teacher training (docs/method.md section 2): epsilon-prediction DDPM with label dropout and EMA.
 
-Run layout under ``out_dir`` (``results/{dataset}/teacher``)::
+Run layout under ``out_dir`` (``results/{dataset}/teacher``; the run folder is :mod:`pecker.runs`)::
 
-    ckpt/step0000500.safetensors + .json   resumable training state (model, EMA, Adam, RNGs, sampler)
-    model.safetensors + .json              final raw weights
-    ema.safetensors + .json                final EMA weights (what every later stage uses)
-    log.csv                                one row per ``log_every`` steps
+    ckpt/step0000500/state.safetensors + .json   resumable training state (model, EMA, Adam, RNGs, sampler)
+    ckpt/log.csv                                 running log, one row per ``log_every`` steps
+    model.safetensors + .json                    final raw weights
+    ema.safetensors + .json                      final EMA weights (what every later stage uses)
+    log.csv                                      the final log
 
 A run restarted with the same config resumes from the newest state and ends bit-identical to an
-uninterrupted run on CPU; a state written under another config hash is refused, never overwritten.
+uninterrupted run on CPU; a state written under another config hash or data file is refused
+(:class:`pecker.runs.ResumeRefused`), never overwritten.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -26,11 +27,13 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from pecker import io
-from pecker.config import config_hash
 from pecker.data import load_prepared, to_model_range
-from pecker.diffusion.schedule import Schedule, make_scheduler
+from pecker.diffusion.conditioning import ClassCondition
+from pecker.diffusion.schedule import Schedule, eps_pred, make_scheduler
 from pecker.diffusion.unet import build_unet, n_params, null_label, save_unet
 from pecker.provenance import Recorder
+from pecker.runs import RunFolder
+from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger("pecker.teacher")
 
@@ -81,20 +84,6 @@ def ema_state_dict(model: torch.nn.Module, ema: EMAModel) -> dict[str, torch.Ten
     return sd
 
 
-def training_section(ds_cfg: dict) -> dict:
-    """The config sections the teacher depends on (hashed into every checkpoint)."""
-    return {k: ds_cfg[k] for k in ("data", "unet", "diffusion", "teacher")}
-
-
-def _ckpt_name(step: int) -> str:
-    return f"step{step:07d}"
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    sidecars = sorted(ckpt_dir.glob("step*.json"))
-    return sidecars[-1].with_suffix("") if sidecars else None
-
-
 def train_teacher(
     ds_cfg: dict,
     data_dir: str | Path,
@@ -103,9 +92,12 @@ def train_teacher(
     max_steps: int | None = None,
 ) -> dict:
     """Train (or resume) the teacher; return the final EMA sidecar. ``max_steps`` stops early
-    (used to test resumption) without writing final outputs."""
-    tcfg, out_dir = ds_cfg["teacher"], Path(out_dir)
-    chash = config_hash(training_section(ds_cfg))
+    (used to test resumption) without writing final outputs. Raises
+    :class:`pecker.runs.ResumeRefused` when ``out_dir`` holds a state of another configuration or
+    data file."""
+    tcfg = ds_cfg["teacher"]
+    chash = ds_stage_hash(ds_cfg, "teacher")
+    run = RunFolder(out_dir, chash, "teacher", keep=tcfg["keep_checkpoints"])
     rec = Recorder("teacher.train", chash, seeds={"teacher": tcfg["seed"]})
     torch.manual_seed(tcfg["seed"])
     np.random.seed(tcfg["seed"])
@@ -116,6 +108,7 @@ def train_teacher(
         raise ValueError(
             f"{data_dir}: images are {images.shape[1:]}, config datasets.*.data asks for {(res, res, ch)}"
         )
+    inputs = {"data_sha256": io.sha256_file(Path(data_dir) / "train.npz")}
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
     model = build_unet(ds_cfg["unet"], ds_cfg["data"]).to(device)
@@ -127,17 +120,10 @@ def train_teacher(
     noise_gen = torch.Generator().manual_seed(tcfg["seed"] + 1)
     log.info("teacher: %s parameters, %d images, device %s", f"{n_params(model):,}", len(images_t), device)
 
-    ckpt_dir = out_dir / "ckpt"
-    step, rows = 0, []
-    prev = latest_checkpoint(ckpt_dir)
-    if prev is not None:
-        tensors, meta = io.load_checkpoint(prev)
-        if meta["config_hash"] != chash:
-            raise RuntimeError(
-                f"{prev}.json was written with config hash {meta['config_hash']}, the current "
-                f"config hashes to {chash}; move {ckpt_dir} away or restore that config "
-                "(nothing was overwritten)"
-            )
+    step, prev = 0, None
+    resumed = run.resume(tcfg["steps"], expect=inputs)
+    if resumed is not None:
+        tensors, meta, prev = resumed
         model.load_state_dict(io.unprefixed("model", tensors))
         ema_t = io.unprefixed("ema", tensors)
         ema.shadow_params = [ema_t[n].to(device) for n, _ in model.named_parameters()]
@@ -146,75 +132,76 @@ def train_teacher(
         sampler.load(tensors)
         io.rng_from_tensors(tensors, meta["rng"], {"noise": noise_gen})
         step = meta["step"]
-        rows = [r for r in _read_log(out_dir / "log.csv") if int(r["step"]) <= step]
-        log.info("resumed from %s at step %d", prev, step)
+    csv_log = run.open_log(LOG_FIELDS, step)
 
     total = tcfg["steps"] if max_steps is None else min(max_steps, tcfg["steps"])
     model.train()
     bar = tqdm(total=total, initial=step, desc="teacher", unit="it", mininterval=5, dynamic_ncols=True)
-    t_last = time.perf_counter()
-    while step < total:
-        idx = sampler.next()
-        x = to_model_range(images_t[idx]).to(device)
-        y = labels_t[idx].clone()
-        if tcfg["hflip"]:
-            flip = torch.rand(len(idx), generator=noise_gen) < 0.5
-            x[flip.to(device)] = x[flip.to(device)].flip(-1)
-        drop = torch.rand(len(idx), generator=noise_gen) < tcfg["label_dropout"]
-        y[drop] = null
-        t = torch.randint(0, sched.T, (len(idx),), generator=noise_gen)
-        eps = torch.randn(x.shape, generator=noise_gen)
-        t, eps, y = t.to(device), eps.to(device), y.to(device)
+    t_last, last_logged = time.perf_counter(), step
+    try:
+        while step < total:
+            idx = sampler.next()
+            x = to_model_range(images_t[idx]).to(device)
+            y = labels_t[idx].clone()
+            if tcfg["hflip"]:
+                flip = torch.rand(len(idx), generator=noise_gen) < 0.5
+                x[flip.to(device)] = x[flip.to(device)].flip(-1)
+            drop = torch.rand(len(idx), generator=noise_gen) < tcfg["label_dropout"]
+            y[drop] = null
+            t = torch.randint(0, sched.T, (len(idx),), generator=noise_gen)
+            eps = torch.randn(x.shape, generator=noise_gen)
+            t, eps, y = t.to(device), eps.to(device), y.to(device)
 
-        lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["lr_warmup_steps"]) if tcfg["lr_warmup_steps"] else tcfg["lr"]
-        for g in opt.param_groups:
-            g["lr"] = lr
-        pred = model(sched.noise(x, t, eps), t, class_labels=y).sample
-        loss = F.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        opt.step()
-        ema.step(model.parameters())
-        loss = loss.detach()
-        step += 1
-        bar.update(1)
+            lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["lr_warmup_steps"]) if tcfg["lr_warmup_steps"] else tcfg["lr"]
+            for g in opt.param_groups:
+                g["lr"] = lr
+            pred = eps_pred(model, sched.noise(x, t, eps), t, ClassCondition(y, null))
+            loss = F.mse_loss(pred, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+            opt.step()
+            ema.step(model.parameters())
+            loss = loss.detach()
+            step += 1
+            bar.update(1)
 
-        if step % tcfg["log_every"] == 0 or step == total:
-            now = time.perf_counter()
-            n_since = step - int(rows[-1]["step"]) if rows else step
-            rows.append({
-                "step": step, "images_seen": step * tcfg["batch_size"], "loss": float(loss),
-                "grad_norm": float(gnorm), "lr": lr, "ema_decay": ema.cur_decay_value,
-                "sec_per_step": (now - t_last) / max(n_since, 1),
-            })
-            t_last = now
-            bar.set_postfix(loss=f"{float(loss):.4f}")
-            log.info("step %d loss %.4f grad_norm %.3f", step, float(loss), float(gnorm))
-            _write_log(out_dir / "log.csv", rows)
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"teacher loss is {float(loss)} at step {step}")
-        if step % tcfg["checkpoint_every"] == 0 or step == total:
-            _save_state(ckpt_dir / _ckpt_name(step), step, chash, model, ema, opt, sampler, noise_gen)
-            _prune(ckpt_dir, tcfg["keep_checkpoints"])
-    bar.close()
+            if step % tcfg["log_every"] == 0 or step == total:
+                now = time.perf_counter()
+                csv_log.write({
+                    "step": step, "images_seen": step * tcfg["batch_size"], "loss": float(loss),
+                    "grad_norm": float(gnorm), "lr": lr, "ema_decay": ema.cur_decay_value,
+                    "sec_per_step": (now - t_last) / max(step - last_logged, 1),
+                })
+                t_last, last_logged = now, step
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+                log.info("step %d loss %.4f grad_norm %.3f", step, float(loss), float(gnorm))
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"teacher loss is {float(loss)} at step {step}")
+            if step % tcfg["checkpoint_every"] == 0 or step == total:
+                tensors, meta = _state(model, ema, opt, sampler, noise_gen)
+                run.save_state(step, tensors, {**meta, **inputs})
+    finally:
+        bar.close()
+        csv_log.close()
     if step < tcfg["steps"]:
         return {"step": step, "finished": False}
 
     meta = {
         "kind": "teacher", "step": step, "images_seen": step * tcfg["batch_size"],
         "config_hash": chash, "dataset_meta": {k: data_meta.get(k) for k in ("source", "class_names", "resolution")},
-        "data_sha256": io.sha256_file(Path(data_dir) / "train.npz"),
+        **inputs,
     }
     prov = rec.finish(resumed_from=str(prev) if prev else None)
-    save_unet(out_dir / "model", model, {**meta, "weights": "raw", "provenance": prov})
+    run.finish_log()
+    save_unet(run.out_dir / "model", model, {**meta, "weights": "raw", "provenance": prov})
     ema_model = build_unet(ds_cfg["unet"], ds_cfg["data"])
     ema_model.load_state_dict(ema_state_dict(model, ema))
-    save_unet(out_dir / "ema", ema_model, {**meta, "weights": "ema", "ema_decay": tcfg["ema_decay"], "provenance": prov})
-    return io.read_json(out_dir / "ema.json")
+    save_unet(run.out_dir / "ema", ema_model, {**meta, "weights": "ema", "ema_decay": tcfg["ema_decay"], "provenance": prov})
+    return io.read_json(run.out_dir / "ema.json")
 
 
-def _save_state(prefix: Path, step, chash, model, ema, opt, sampler, noise_gen) -> None:
+def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:
     names = [n for n, _ in model.named_parameters()]
     tensors = io.prefixed("model", model.state_dict())
     tensors.update({f"ema.{n}": p for n, p in zip(names, ema.shadow_params)})
@@ -223,30 +210,8 @@ def _save_state(prefix: Path, step, chash, model, ema, opt, sampler, noise_gen) 
     tensors.update(opt_t)
     tensors.update(rng_t)
     tensors.update(sampler.state())
-    io.save_checkpoint(prefix, tensors, {
-        "kind": "teacher_train_state", "step": step, "config_hash": chash,
-        "ema_optimization_step": ema.optimization_step, "optimizer": opt_meta, "rng": rng_meta,
-    })
-
-
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    for side in sorted(ckpt_dir.glob("step*.json"))[:-keep]:
-        for f in (side, side.with_suffix(".safetensors")):
-            f.unlink(missing_ok=True)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    with io.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    return tensors, {"kind": "teacher_train_state", "ema_optimization_step": ema.optimization_step,
+                     "optimizer": opt_meta, "rng": rng_meta}
 
 
 def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
@@ -267,7 +232,7 @@ def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
     from safetensors.torch import load_file
     model = build_unet(ds_cfg["unet"], ds_cfg["data"])
     model.load_state_dict(load_file(str(src)), strict=True)
-    chash = config_hash(training_section(ds_cfg))
+    chash = ds_stage_hash(ds_cfg, "teacher")
     out_dir = Path(out_dir)
     meta = {"kind": "teacher", "weights": "ema", "source_file": str(src), "source_sha256": sha, "config_hash": chash,
             "provenance": Recorder("teacher.fetch", chash).finish()}

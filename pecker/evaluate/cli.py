@@ -35,7 +35,7 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
     """Share of samples the classifier labels as their conditioning class, overall and per class."""
     from pecker import io
     from pecker.classifier.models import load_classifier, predict_logits
-    from pecker.config import config_hash
+    from pecker import workflow
     from pecker.evaluate.accuracy import label_accuracy
     from pecker.provenance import Recorder
 
@@ -47,7 +47,7 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
     model, cmeta = load_classifier(classifier_prefix, device)
     arrays = io.load_npz(samples_path)
     smeta = io.read_json(samples_path.rsplit(".", 1)[0] + ".json")
-    rec = Recorder("evaluate.accuracy", config_hash(cfgmod.stage_config(cfg, dataset, "classifier")))
+    rec = Recorder("evaluate.accuracy", workflow.stage_hash(cfg, dataset, "accuracy"))
     pred = predict_logits(model, cmeta["input_spec"], arrays["images"], device=device).argmax(1).numpy()
     result = label_accuracy(pred, arrays["labels"])
     io.atomic_write_json(out_path, {
@@ -59,6 +59,26 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
         "provenance": rec.finish(),
     })
     log.info("label accuracy %.4f over %d samples", result["accuracy"], len(pred))
+
+
+def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
+    """:func:`pecker.evaluate.run.check_generator_task` on the sidecar ``PREFIX.json``, as a one-line
+    ``click.ClickException`` (exit status 1, no traceback) when it refuses."""
+    from pathlib import Path
+
+    from pecker import io
+    from pecker.evaluate.run import TaskMismatch, check_generator_task
+
+    path = Path(prefix)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise click.ClickException(f"checkpoint sidecar not found: {sidecar}")
+    try:
+        check_generator_task(io.read_json(sidecar), ds_cfg, checkpoint=sidecar)
+    except TaskMismatch as err:
+        raise click.ClickException(str(err)) from None
 
 
 @evaluate.command()
@@ -82,9 +102,13 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
 @clitools.log_option
 def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, data_dir, method, seed, final,
           out_path, grid_path, reference_path, threads, log_file) -> None:
-    """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance."""
+    """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance.
+
+    A generator is refused (before anything is sampled) unless its sidecar records the forget and
+    cover classes the config scores.
+    """
     from pecker import io
-    from pecker.config import config_hash
+    from pecker import workflow
     from pecker.evaluate.run import evaluate_model, model_drawer
     from pecker.provenance import Recorder
 
@@ -94,8 +118,10 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     ds = cfgmod.dataset_config(cfg, dataset)
     device = clitools.resolve_device(cfg["device"])
     data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
-    rec = Recorder("evaluate.model", config_hash(cfgmod.stage_config(cfg, dataset, "evaluate")),
+    rec = Recorder("evaluate.model", workflow.stage_hash(cfg, dataset, "evaluate"),
                    seeds={"evaluate": ds["evaluate"]["seed"]})
+    if kind == "generator":
+        check_generator_sidecar(prefix, ds)
     draw, cmeta = model_drawer(kind, prefix, ds, device)
     res = evaluate_model(ds, dataset, draw, classifier_prefix=classifier_prefix, data_dir=data_dir,
                          results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
@@ -137,7 +163,9 @@ def reference(config_files, overrides, dataset, data_dir, out_path, threads, log
     """Compute (or verify the cache of) the Inception features of the retained-class training images."""
     from pecker.evaluate import fidelity
     from pecker.evaluate.features import build_extractor
+    from pecker import workflow
     from pecker.evaluate.run import reference_images, retained_classes
+    from pecker.provenance import Recorder
 
     log = clitools.setup_logging(log_file)
     clitools.set_threads(threads)
@@ -148,6 +176,9 @@ def reference(config_files, overrides, dataset, data_dir, out_path, threads, log
     keep = retained_classes(ds["data"]["num_classes"], fc)
     images, _ = reference_images(clitools.data_dir_for(cfg, dataset, data_dir), keep, ecfg["reference_max_per_class"])
     extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]))
-    feats, meta = fidelity.reference_features(images, extractor, out_path, batch_size=ecfg["batch_size"])
+    chash = workflow.stage_hash(cfg, dataset, "reference")
+    rec = Recorder("evaluate.reference", chash)
+    feats, meta = fidelity.reference_features(images, extractor, out_path, batch_size=ecfg["batch_size"],
+                                              record={"config_hash": chash, "provenance": rec.finish()})
     log.info("reference features %s of %d images (cache %s)", feats.shape, len(images),
              "hit" if meta["cache_hit"] else "written")

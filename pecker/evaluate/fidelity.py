@@ -1,8 +1,9 @@
 """FID, KID, precision/recall and Inception Score from features, by two field libraries.
 
-Every number is computed by a named library function and returned together with the library name
-and version that produced it, so results can be cross-checked (method.md section 6: "the project
-uses the PyTorch ports (torch-fidelity, clean-fid) and records which one produced each number").
+Every number is computed by a named library function and returned together with a record of the
+library, its version and the function that produced it (:func:`source_record`), so results can be
+cross-checked (docs/method.md section 6: "the project uses the PyTorch ports (torch-fidelity, clean-fid)
+and records which one produced each number").
 
 ``implementation="torch-fidelity"`` (0.4.0)
     FID: ``metric_fid.fid_features_to_statistics`` + ``fid_statistics_to_metric`` (eigenvalues of
@@ -69,8 +70,19 @@ def library_versions() -> dict:
     return package_versions(IMPLEMENTATIONS)
 
 
-def _label(library: str, function: str) -> str:
-    return f"{library}=={library_versions()[library]}:{function}"
+def source_record(library: str, function: str, note: str | None = None) -> dict:
+    """Which library function produced a number: ``{"library", "version", "function"[, "note"]}``.
+
+    ``function`` is the function's path inside the library (``metric_fid.fid_statistics_to_metric``);
+    ``note`` says how it was used where that is not just one call (``"std over per-subset calls"``)
+    or why another library stands in.  This record is what every result stores (``*_implementation``
+    of the metric functions, ``compute_metrics(...)["implementation"][metric]``, and the entries of
+    ``metric_sources`` in the evaluation JSON); nothing parses it back out of a string.
+    """
+    rec = {"library": library, "version": library_versions()[library], "function": function}
+    if note:
+        rec["note"] = note
+    return rec
 
 
 def _as_features(x: np.ndarray, what: str) -> np.ndarray:
@@ -104,7 +116,8 @@ def joint_span_projection(gen: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray,
 
 
 def fid(gen: np.ndarray, ref: np.ndarray, implementation: str = TORCH_FIDELITY, projection: str = "auto") -> dict:
-    """``{"fid", "fid_implementation", "fid_projection"}`` for float features (N, D)."""
+    """``{"fid", "fid_implementation", "fid_projection"}`` for float features (N, D); the
+    implementation is a :func:`source_record`."""
     gen, ref = _as_features(gen, "gen_feats"), _as_features(ref, "ref_feats")
     _check_dims(gen, ref)
     if projection not in ("auto", "none"):
@@ -123,7 +136,7 @@ def fid(gen: np.ndarray, ref: np.ndarray, implementation: str = TORCH_FIDELITY, 
         s_gen = fid_features_to_statistics(torch.from_numpy(gen))
         s_ref = fid_features_to_statistics(torch.from_numpy(ref))
         value = fid_statistics_to_metric(s_gen, s_ref, verbose=False)[KEY_METRIC_FID]
-        label = _label(TORCH_FIDELITY, "fid_statistics_to_metric")
+        label = source_record(TORCH_FIDELITY, "metric_fid.fid_statistics_to_metric")
     elif implementation == CLEAN_FID:
         from cleanfid.fid import frechet_distance
 
@@ -137,7 +150,7 @@ def fid(gen: np.ndarray, ref: np.ndarray, implementation: str = TORCH_FIDELITY, 
             value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
         notes = sorted({f"{w.category.__name__}: {w.message}" for w in caught
                         if not issubclass(w.category, DeprecationWarning)})
-        label = _label(CLEAN_FID, "fid.frechet_distance")
+        label = source_record(CLEAN_FID, "fid.frechet_distance")
     else:
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
     out = {"fid": float(value), "fid_implementation": label, "fid_projection": proj}
@@ -154,7 +167,8 @@ def kid(
     subset_size: int = DEFAULT_KID_SUBSET_SIZE,
     seed: int = DEFAULT_SEED,
 ) -> dict:
-    """``{"kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "kid_implementation"}``.
+    """``{"kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "kid_implementation"}`` (a
+    :func:`source_record`).
 
     The subset size actually used is ``min(subset_size, n_gen, n_ref)`` and is returned.
     """
@@ -172,7 +186,7 @@ def kid(
             kid_subsets=subsets, kid_subset_size=size, rng_seed=int(seed), verbose=False,
         )
         mean, std = out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
-        label = _label(TORCH_FIDELITY, "kid_features_to_metric")
+        label = source_record(TORCH_FIDELITY, "metric_kid.kid_features_to_metric")
     elif implementation == CLEAN_FID:
         from cleanfid.fid import kernel_distance
 
@@ -187,7 +201,7 @@ def kid(
         finally:
             np.random.set_state(saved)
         mean, std = float(values.mean()), float(values.std())
-        label = _label(CLEAN_FID, "fid.kernel_distance") + " (std over per-subset calls)"
+        label = source_record(CLEAN_FID, "fid.kernel_distance", note="std over per-subset calls")
     else:
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
     return {
@@ -218,7 +232,7 @@ def precision_recall(gen: np.ndarray, ref: np.ndarray, k: int = DEFAULT_PR_K) ->
         "precision": float(out[KEY_METRIC_PRECISION]),
         "recall": float(out[KEY_METRIC_RECALL]),
         "pr_k": k,
-        "pr_implementation": _label(TORCH_FIDELITY, "prc_features_to_metric"),
+        "pr_implementation": source_record(TORCH_FIDELITY, "metric_prc.prc_features_to_metric"),
     }
 
 
@@ -246,9 +260,10 @@ def compute_metrics(
     """FID, KID (mean, std), precision, recall of generated vs reference features.
 
     Returns ``{"fid", "kid_mean", "kid_std", "precision", "recall", ..., "implementation": {metric:
-    "library==version:function"}, "extractor": {...}, "n_gen", "n_ref", "feature_dim"}``.  With
+    {"library", "version", "function"[, "note"]}}, "extractor": {...}, "n_gen", "n_ref",
+    "feature_dim"}`` (records as :func:`source_record` makes them).  With
     ``implementation="clean-fid"`` precision / recall come from torch-fidelity (clean-fid has none),
-    as ``implementation["precision"]`` says.
+    as ``implementation["precision"]`` says (its ``library`` and ``note``).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
@@ -276,17 +291,17 @@ def compute_metrics(
         "implementation": {
             "fid": f["fid_implementation"],
             "kid_mean": k["kid_implementation"],
-            "kid_std": k["kid_implementation"],
+            "kid_std": dict(k["kid_implementation"]),
         },
         "library_versions": library_versions(),
     }
     if with_pr:
         pr = precision_recall(gen, ref, pr_k)
         out.update(precision=pr["precision"], recall=pr["recall"], pr_k=pr["pr_k"])
-        label = pr["pr_implementation"]
+        label = dict(pr["pr_implementation"])
         if implementation == CLEAN_FID:
-            label += " (clean-fid has no precision/recall)"
-        out["implementation"].update(precision=label, recall=label)
+            label["note"] = "clean-fid has no precision/recall: computed by torch-fidelity"
+        out["implementation"].update(precision=label, recall=dict(label))
     out["extractor"] = _extractor_record(extractor)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -367,7 +382,7 @@ def inception_score(
         "is_inputs": inputs,
         "n_samples": int(x.shape[0]),
         "n_classes": int(x.shape[1]),
-        "is_implementation": _label(TORCH_FIDELITY, "isc_features_to_metric"),
+        "is_implementation": source_record(TORCH_FIDELITY, "metric_isc.isc_features_to_metric"),
     }
 
 
@@ -388,8 +403,12 @@ def reference_features(
     cache_path: str | Path,
     *,
     batch_size: int = 50,
+    record: dict | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Features of the reference images, computed once and cached as ``cache_path`` (.npz).
+
+    ``record`` (e.g. ``{"config_hash": ..., "provenance": ...}``) is stored in the sidecar; on a cache
+    hit under another ``config_hash`` the sidecar is rewritten with it (the features are kept).
 
     The JSON sidecar ``cache_path.with_suffix(".json")`` records the extractor's name and checksum,
     the number, shape and sha256 of the images, and the sha256 of the npz.  The cache is reused only
@@ -415,6 +434,9 @@ def reference_features(
         feats = io.load_npz(cache_path)["features"]
         if feats.shape == (want["n_images"], meta.get("feature_dim")):
             log.info("reference features: cache hit %s", cache_path)
+            if record and meta.get("config_hash") != record.get("config_hash"):
+                meta = {**meta, **record}
+                io.atomic_write_json(sidecar, meta)
             return feats, {**meta, "cache_hit": True}
         reason = f"cached features have shape {feats.shape}"
     log.info("reference features: recomputing %s (%s)", cache_path, reason)
@@ -430,6 +452,7 @@ def reference_features(
         "sha256": io.sha256_file(cache_path),
         "seconds": round(seconds, 3),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(record or {}),
     }
     io.atomic_write_json(sidecar, meta)
     return feats, {**meta, "cache_hit": False, "cache_miss_reason": reason}

@@ -1,4 +1,4 @@
-"""Evaluate one model (a one-step generator checkpoint or the multi-step teacher) by method.md §6.
+"""Evaluate one model (a one-step generator checkpoint or the multi-step teacher) by docs/method.md §6.
 
 For a dataset with forget class ``c_f``:
 
@@ -8,8 +8,12 @@ For a dataset with forget class ``c_f``:
 - a small fixed-noise grid of samples for Fig. 2.
 
 The same noise seed is used at every checkpoint, so curves over steps compare like with like. The
-result JSON records every number's implementation, version, feature extractor and classifier, and
-which of them substitute for the paper's assets.
+result JSON records every number's source (library, version and function, as
+:func:`pecker.evaluate.fidelity.source_record` makes it), feature extractor and classifier, and which
+of them substitute for the paper's assets.
+
+A generator is scored only for the task it was trained for: :func:`check_generator_task` compares the
+forget / cover classes its sidecar records with the config's before anything is sampled.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pecker.diffusion.schedule import make_scheduler
 from pecker.diffusion.unet import load_unet
 from pecker.evaluate import fidelity
 from pecker.evaluate.accuracy import label_accuracy, unlearning_accuracy
-from pecker.evaluate.features import build_extractor
+from pecker.evaluate.features import EXTRACTORS, build_extractor
 
 log = logging.getLogger("pecker.evaluate")
 
@@ -46,6 +50,94 @@ def reference_images(data_dir: str | Path, classes: list[int], max_per_class: in
     images, labels, _ = load_prepared(data_dir)
     keep = np.concatenate([np.flatnonzero(labels == c)[:max_per_class] for c in classes])
     return images[np.sort(keep)], io.sha256_file(Path(data_dir) / "train.npz")
+
+
+class TaskMismatch(ValueError):
+    """A generator checkpoint was trained for another forget / cover class than the config scores."""
+
+
+def _class_label(record) -> int | None:
+    """The label of a ``{"type": "class", "label": int}`` record (or of a bare int); else ``None``."""
+    if isinstance(record, dict):
+        if record.get("type", "class") != "class":
+            return None
+        record = record.get("label")
+    if isinstance(record, bool) or not isinstance(record, int):
+        return None
+    return int(record)
+
+
+def check_generator_task(sidecar: dict, ds_cfg: dict, checkpoint: str | Path = "the generator") -> tuple[int, int]:
+    """Refuse to score a generator for another task than it was trained for.
+
+    The sidecar records ``forget`` / ``cover`` as ``{"type": "class", "label": int}`` (falling back
+    to the older ``forget_class`` / ``cover_class`` keys when ``forget`` / ``cover`` is absent); both
+    must equal the config's ``unlearn.forget_class`` / ``cover_class``, which the evaluation uses for
+    UA, the cover share and the retained classes.  Returns ``(forget, cover)``; raises
+    :class:`TaskMismatch` naming ``checkpoint`` and both values otherwise, and when the sidecar does
+    not record them (or records a non-class task).
+    """
+    fc, co = config_task(ds_cfg)
+    got = {}
+    for role, legacy in (("forget", "forget_class"), ("cover", "cover_class")):
+        raw = sidecar[role] if role in sidecar else sidecar.get(legacy)
+        if raw is None:
+            what = "which class it forgot" if role == "forget" else "which class covers the forgotten one"
+            raise TaskMismatch(f"{checkpoint} does not record {what} ('{role}' / '{legacy}'); the config scores "
+                               f"forget class {fc} (cover {co}): refusing to evaluate a generator whose task "
+                               "is unknown")
+        label = _class_label(raw)
+        if label is None:
+            raise TaskMismatch(f"{checkpoint} records {role} {raw!r}, not a class label; the config scores "
+                               f"forget class {fc} (cover {co}): this evaluation scores class forgetting only")
+        got[role] = label
+    if (got["forget"], got["cover"]) != (fc, co):
+        raise TaskMismatch(
+            f"{checkpoint} was trained to forget class {got['forget']} (cover {got['cover']}), the config scores "
+            f"forget class {fc} (cover {co}): its UA, cover share and retained-class metrics would be computed "
+            "for the wrong class; evaluate it with the config it was trained with "
+            "(datasets.<dataset>.unlearn.forget_class / cover_class) or pass the right checkpoint")
+    return got["forget"], got["cover"]
+
+
+def config_task(ds_cfg: dict) -> tuple[int, int]:
+    """``(forget_class, cover_class)`` the evaluation of ``ds_cfg`` scores."""
+    unl = ds_cfg.get("unlearn") or {}
+    return int(unl.get("forget_class", 0)), int(unl.get("cover_class", 1))
+
+
+def resolve_is_source(ecfg: dict) -> str:
+    """``"inception"`` or ``"classifier"``: ``is_source: auto`` means Inception logits exactly when the
+    extractor has them (``inception-v3-compat``)."""
+    is_source = ecfg["is_source"]
+    if is_source == "auto":
+        is_source = "inception" if ecfg["extractor"] == "inception-v3-compat" else "classifier"
+    return is_source
+
+
+def generated_features(extractor, images: np.ndarray, batch_size: int,
+                       with_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(features, logits or None)`` of generated images, in one pass through the network.
+
+    With ``with_logits`` (IS from Inception's logits) the extractor's ``features_and_logits`` gives
+    both from the same forward passes (:class:`~pecker.evaluate.features.TorchFidelityInception`);
+    an extractor without logits (NVIDIA's detector) cannot serve that IS and is refused.
+    """
+    if not with_logits:
+        return extractor.features(images, batch_size=batch_size), None
+    both = getattr(extractor, "features_and_logits", None)
+    if both is None:
+        raise ValueError(f"evaluate.is_source 'inception' needs Inception logits; the extractor "
+                         f"{getattr(extractor, 'name', extractor)!r} has none (use is_source: classifier "
+                         "or extractor: inception-v3-compat)")
+    return both(images, batch_size=batch_size)
+
+
+def metric_source(record: dict, **fields) -> dict:
+    """One ``metric_sources`` entry: the library record (``library``, ``version``, ``function``
+    [, ``note``]) followed by what else describes the number."""
+    return {"library": record.get("library"), "version": record.get("version"), "function": record.get("function"),
+            **({"note": record["note"]} if record.get("note") else {}), **fields}
 
 
 def reference_cache_path(results_dir: str | Path, dataset: str, extractor: str) -> Path:
@@ -96,8 +188,15 @@ def evaluate_model(
     reference_cache: str | Path | None = None,
 ) -> dict:
     """All metrics of one model; returns the ``metrics``/``metric_sources``/... parts of the result."""
-    ecfg, unl = ds_cfg["evaluate"], ds_cfg.get("unlearn") or {}
-    fc, co = unl.get("forget_class", 0), unl.get("cover_class", 1)
+    ecfg = ds_cfg["evaluate"]
+    fc, co = config_task(ds_cfg)
+    is_source = resolve_is_source(ecfg)
+    extractor_cls = EXTRACTORS.get(ecfg["extractor"])
+    if is_source == "inception" and extractor_cls is not None and not hasattr(extractor_cls, "features_and_logits"):
+        # fail before sampling (minutes for the teacher), not after
+        raise ValueError(f"evaluate.is_source 'inception' needs Inception logits; the extractor "
+                         f"{ecfg['extractor']!r} has none (use is_source: classifier or "
+                         "extractor: inception-v3-compat)")
     k = ds_cfg["data"]["num_classes"]
     keep = retained_classes(k, fc)
     per_class = ecfg["per_class"] if final or ecfg["curve_per_class"] is None else ecfg["curve_per_class"]
@@ -122,7 +221,7 @@ def evaluate_model(
     ref_feats, ref_meta = fidelity.reference_features(
         ref_imgs, extractor, reference_cache or reference_cache_path(results_dir, dataset, ecfg["extractor"]),
         batch_size=bs)
-    gen_feats = extractor.features(retained_imgs, batch_size=bs)
+    gen_feats, gen_logits = generated_features(extractor, retained_imgs, bs, with_logits=is_source == "inception")
     kwargs = dict(kid_subsets=ecfg["kid_subsets"], kid_subset_size=ecfg["kid_subset_size"], pr_k=ecfg["pr_k"],
                   seed=seed, extractor=extractor)
     main = fidelity.compute_metrics(gen_feats, ref_feats, ecfg["implementation"], **kwargs)
@@ -131,11 +230,8 @@ def evaluate_model(
         other = "clean-fid" if ecfg["implementation"] == "torch-fidelity" else "torch-fidelity"
         cross = fidelity.compute_metrics(gen_feats, ref_feats, other, with_pr=False, **kwargs)
 
-    is_source = ecfg["is_source"]
-    if is_source == "auto":
-        is_source = "inception" if ecfg["extractor"] == "inception-v3-compat" else "classifier"
     if is_source == "inception":
-        is_res = fidelity.inception_score(extractor.logits(retained_imgs, batch_size=bs), ecfg["is_splits"],
+        is_res = fidelity.inception_score(gen_logits, ecfg["is_splits"],
                                           is_source="inception-v3-compat-logits-unbiased")
     else:
         is_res = fidelity.inception_score(retained_logits.numpy(), min(ecfg["is_splits"], len(retained_imgs)),
@@ -152,15 +248,13 @@ def evaluate_model(
     sources = {
         "ua": {"classifier": clf_record, "substitute": cmeta["substitute"], "n": ua["n_forget_samples"]},
         "retained_accuracy": {"classifier": clf_record, "substitute": cmeta["substitute"], "n": racc["n"]},
-        "is_mean": {"source": is_res["is_source"], "implementation": is_res["is_implementation"],
-                    "substitute": is_res["is_source"] == "ua-classifier-logits", "n": is_res["n_samples"]},
+        "is_mean": metric_source(is_res["is_implementation"], source=is_res["is_source"],
+                                 substitute=is_res["is_source"] == "ua-classifier-logits", n=is_res["n_samples"]),
     }
     for m in ("fid", "kid_mean", "kid_std", "precision", "recall"):
-        impl = main["implementation"][m]
-        sources[m] = {"implementation": impl.split("==")[0], "version": impl.split("==")[1].split(":")[0] if "==" in impl else None,
-                      "function": impl, **feat_source, "substitute": False}
+        sources[m] = metric_source(main["implementation"][m], **feat_source, substitute=False)
         if cross and m in cross["implementation"]:
-            sources[m]["cross_check"] = {"implementation": cross["implementation"][m], "value": cross[m]}
+            sources[m]["cross_check"] = metric_source(cross["implementation"][m], value=cross[m])
     sources["is_std"] = sources["is_mean"]
     metrics = {
         "ua": ua["ua"], "retained_accuracy": racc["accuracy"],

@@ -2,8 +2,8 @@
 
 For each cell (table, dataset, method, column) the audit gives our value, the paper's value
 (``config/paper_results.yaml``), the difference, and for every seed behind our value: git commit,
-config hash, checkpoint sha256, the evaluator (implementation and version, or classifier) and the
-sample count. It flags
+config hash, checkpoint sha256, the evaluator (library and version, as the metric JSON's
+``metric_sources`` records them, or the classifier) and the sample count. It flags
 
 - **missing** provenance (any of those absent for a cell that has a value, or a table value that no
   metric JSON supports, or one that differs from the JSONs: a stale table) -> exit status 1;
@@ -19,7 +19,6 @@ Datasets the paper does not use (mnist, mnist-tiny, ...) are compared with the p
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,14 +73,13 @@ def _short(h, n: int = 12):
     return None if not h else str(h)[:n]
 
 
-def _version(src: dict) -> str | None:
-    if src.get("version"):
-        return str(src["version"])
-    for key in ("implementation", "function"):
-        m = re.search(r"==([^:\s]+)", str(src.get(key) or ""))
-        if m:
-            return m.group(1)
-    return None
+def _library(src: dict) -> str:
+    """``library version`` of a source record (``{"library", "version", "function"[, "note"]}``)."""
+    return " ".join(str(src.get(k) or "?") for k in ("library", "version"))
+
+
+def _source_missing(src: dict, metric: str, keys=("library", "version", "function")) -> list[str]:
+    return [f"metric_sources.{metric}.{k}" for k in keys if not src.get(k)]
 
 
 def _n_retained(rec: dict) -> int | None:
@@ -108,12 +106,8 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
         if src.get("substitute") or clf.get("substitute"):
             subst.append(f"classifier {arch or '?'} instead of the paper's ImageNet-pretrained ResNet-34")
     elif metric in FIDELITY:
-        impl, ver = (str(src.get("implementation") or "").split("==")[0] or None), _version(src)
-        if not impl:
-            missing.append(f"metric_sources.{metric}.implementation")
-        if not ver:
-            missing.append(f"metric_sources.{metric}.version")
-        text = f"{impl or '?'} {ver or '?'}"
+        missing += _source_missing(src, metric)
+        text = _library(src)
         ext = src.get("extractor")
         if ext:
             text += f", extractor {ext}"
@@ -126,7 +120,9 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
         cc = src.get("cross_check")
         if isinstance(cc, dict):
             val, ours = cc.get("value", cc.get(metric)), nested_get(rec, "metrics", metric)
-            text_cc = f"{rec.get('method')} seed {rec.get('seed')}: cross-check {cc.get('implementation')} {cc.get('version') or ''}".rstrip()
+            text_cc = f"{rec.get('method')} seed {rec.get('seed')}: cross-check {_library(cc)}"
+            if cc.get("function"):
+                text_cc += f" ({cc['function']})"
             if isinstance(val, (int, float)):
                 text_cc += f" gives {val:.6g}"
                 if isinstance(ours, (int, float)):
@@ -135,10 +131,12 @@ def evaluator_of(rec: dict, metric: str) -> tuple[str | None, list[str], list[st
                 text_cc += " (no value recorded for this metric)"
             notes.append(text_cc)
     else:  # is_mean and any other metric
-        origin = src.get("source") or src.get("implementation")
+        origin = src.get("source") or src.get("library")
         if not origin:
             missing.append(f"metric_sources.{metric}.source")
-        text = " ".join(str(x) for x in (src.get("source"), src.get("implementation")) if x) or None
+        lib = " ".join([_library(src)] + ([str(src["function"])] if src.get("function") else [])) \
+            if src.get("library") else None
+        text = ", ".join(str(x) for x in (src.get("source"), lib) if x) or None
         if src.get("substitute"):
             subst.append(f"{metric} from {origin or '?'} instead of the paper's Inception network")
     return text, missing, subst, notes

@@ -28,28 +28,20 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, out_
     Writes OUT/generator_ema.safetensors + .json (the one-step EMA generator), OUT/log.csv (one row
     per step) and OUT/ckpt/stepNNNNNNN/ (generator_ema at every checkpoint, resumable states).
     """
-    from pecker.unlearn.trainer import method_settings, run_unlearning
+    from pecker.unlearn.trainer import run_unlearning
+    from pecker.workflow import unlearn_settings
 
     log = clitools.setup_logging(log_file)
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
-    try:
+    with clitools.clean_errors():
+        unlearn_settings(cfg, dataset, method)
         ds = cfgmod.dataset_config(cfg, dataset)
-        if not ds.get("unlearn"):
-            raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.unlearn' is missing")
-        method_settings(ds["unlearn"], method, dataset)
-    except cfgmod.ConfigError as err:
-        raise click.ClickException(str(err)) from None
-    if seed not in ds["unlearn"]["seeds"]:
-        log.warning("seed %d is not in datasets.%s.unlearn.seeds %s", seed, dataset, ds["unlearn"]["seeds"])
-    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
-    try:
+        if seed not in ds["unlearn"]["seeds"]:
+            log.warning("seed %d is not in datasets.%s.unlearn.seeds %s", seed, dataset, ds["unlearn"]["seeds"])
+        data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
         meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir,
                               clitools.resolve_device(cfg["device"]), data_dir=data_dir, max_steps=max_steps)
-    except RuntimeError as err:
-        if "refusing to resume" in str(err):
-            raise click.ClickException(str(err)) from None
-        raise
     if meta.get("finished") is False:
         log.info("stopped at step %d (--max-steps); rerun to continue", meta["step"])
     else:

@@ -1,10 +1,11 @@
-"""The one-step generator of SFD / PECKER (method.md section 3).
+"""The one-step generator of SFD / PECKER (docs/method.md section 3).
 
 ``g_theta(n, c) = (z0 - s_init * eps_theta(z0, t_init, c)) / a_init`` with ``z0 = s_init * n``: the
 x0-estimate of a diffusion UNet (a copy of the teacher) at the fixed noise level ``t_init``, applied
-to pure scaled noise. Its weights are an ordinary class-conditional ``UNet2DModel``; the sidecar of a
-saved generator records ``kind: one_step_generator``, ``t_init`` and the diffusion schedule, so
-:func:`load_generator` rebuilds it without the config.
+to pure scaled noise, at a condition (:mod:`pecker.diffusion.conditioning`). Its weights are an
+ordinary conditional UNet; the sidecar of a saved generator records ``kind: one_step_generator``,
+``t_init``, the diffusion schedule and what it was trained to forget (``forget`` / ``cover``), so
+:func:`load_generator` rebuilds it without the config and the evaluation can check it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
-from pecker.diffusion.schedule import Schedule, eps_pred, make_scheduler
+from pecker.diffusion.conditioning import Condition, class_condition
+from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, save_unet
 
 KIND = "one_step_generator"
 
 
 class OneStepGenerator(torch.nn.Module):
-    """``g_theta(n, c)``; ``unet`` holds theta, ``sched`` the DDPM coefficients."""
+    """``g_theta(n, c)``; ``unet`` holds theta, ``sched`` the DDPM coefficients. The generator is
+    called unguided whatever the condition's guidance scale."""
 
     def __init__(self, unet: UNet2DModel, sched: Schedule, t_init: int):
         super().__init__()
@@ -38,10 +41,11 @@ class OneStepGenerator(torch.nn.Module):
         cfg = self.unet.config
         return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
 
-    def forward(self, n: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, n: torch.Tensor, cond: Condition) -> torch.Tensor:
         z0 = self.s_init * n
         t = torch.full((len(n),), self.t_init, device=n.device, dtype=torch.long)
-        return (z0 - self.s_init * eps_pred(self.unet, z0, t, labels)) / self.a_init
+        # always unguided: guidance belongs to the score networks' calls inside the losses
+        return (z0 - self.s_init * cond.call(self.unet, z0, t)) / self.a_init
 
 
 def copy_unet(unet: UNet2DModel) -> UNet2DModel:
@@ -76,17 +80,20 @@ def load_generator(prefix: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 @torch.no_grad()
-def sample_generator(gen: OneStepGenerator, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Images in [-1, 1] for ``labels`` (noise from the CPU ``generator``: device-independent).
+def sample_generator(gen: OneStepGenerator, cond: Condition | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images in [-1, 1] at the conditions ``cond`` (class labels may be passed as a tensor); noise
+    from the CPU ``generator``: device-independent.
 
     The signature matches ``draw_batch`` of :func:`pecker.diffusion.sample.sample_many`, e.g.
     ``sample_many(lambda y, g: sample_generator(gen, y, g), labels, 250, seed)``.
     """
     device = next(gen.parameters()).device
-    n = torch.randn((len(labels), *gen.image_shape), generator=generator).to(device)
+    if torch.is_tensor(cond):
+        cond = class_condition(gen.unet, cond)
+    n = torch.randn((len(cond), *gen.image_shape), generator=generator).to(device)
     was_training = gen.training
     gen.eval()
     try:
-        return gen(n, labels.to(device))
+        return gen(n, cond.to(device))
     finally:
         gen.train(was_training)

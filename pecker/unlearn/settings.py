@@ -1,17 +1,17 @@
 """Settings of an unlearning run, resolved from the config without importing torch.
 
-Snakemake's rule files import these at parse time (on a cluster, once per job), so this module
-depends on the config layer only.
+Snakemake's parse (through :mod:`pecker.workflow`; on a cluster, once per job) imports this module,
+so it depends on the config layer only. The run's config hash is
+:func:`pecker.workflow.stage_hash` (stage ``unlearn``).
 """
 
 from __future__ import annotations
 
-from pecker.config import ConfigError, config_hash, dataset_config
+from pecker.config import ConfigError
 
 # Settings that do not change the trajectory of a run (excluded from its hash, so a run can be
 # extended or re-checkpointed and still resume).
 BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every")
-
 
 
 def method_settings(unl_cfg: dict, method: str, dataset: str = "<dataset>") -> dict:
@@ -42,26 +42,3 @@ def method_settings(unl_cfg: dict, method: str, dataset: str = "<dataset>") -> d
     if s["forget_class"] == s["cover_class"]:
         raise ConfigError(f"config key '{where}.cover_class': must differ from forget_class ({s['forget_class']})")
     return s
-
-
-def run_hash(ds_cfg: dict, settings: dict, seed: int, teacher_sha256: str) -> str:
-    """Hash of everything that determines a run's trajectory (not its length or bookkeeping)."""
-    traj = {k: v for k, v in settings.items() if k not in BOOKKEEPING}
-    return config_hash({
-        "data": ds_cfg["data"], "unet": ds_cfg["unet"], "diffusion": ds_cfg.get("diffusion"),
-        "unlearn": traj, "seed": seed, "teacher_sha256": teacher_sha256,
-    })
-
-
-def method_config_hash(cfg: dict, dataset: str, method: str) -> str:
-    """Hash of the config one (dataset, method) run depends on, for Snakemake's params: unlike the
-    stage hash it ignores the other methods and the seed list, so adding a variant reruns nothing."""
-    ds = dataset_config(cfg, dataset)
-    s = method_settings(ds.get("unlearn") or {}, method, dataset)
-    return config_hash({k: ds.get(k) for k in ("data", "unet", "diffusion", "teacher")} | {"unlearn": s})
-
-
-def configured_runs(cfg: dict) -> list[tuple[str, str, int]]:
-    """``(dataset, method, seed)`` of every configured unlearning run."""
-    return [(name, m, seed) for name, ds in sorted(cfg["datasets"].items()) if ds.get("unlearn")
-            for m in ds["unlearn"]["methods"] for seed in ds["unlearn"]["seeds"]]

@@ -1,7 +1,10 @@
-"""The SFD / PECKER unlearning loop (method.md sections 3 and 4): one implementation, the saliency
-mask on or off.
+"""The SFD / PECKER unlearning loop (docs/method.md sections 3 and 4): one implementation; PECKER is
+the loop with a :class:`~pecker.unlearn.mask.SaliencyMask`, SFD the loop without one.
 
-Run layout under ``out_dir`` (``results/{dataset}/unlearn/{method}/seed{seed}``)::
+The loop sees conditions, never class ids: a task (:mod:`pecker.unlearn.task`) draws the retain,
+forget and cover conditions, the losses (:mod:`pecker.unlearn.losses`) take them, and the run
+folder (:mod:`pecker.runs`) holds checkpoints, resume and the log. Layout under ``out_dir``
+(``results/{dataset}/unlearn/{method}/seed{seed}``)::
 
     ckpt/step0000050/generator_ema.safetensors + .json   EMA generator at this step (kept for every
                                                          checkpoint, step 0 = the initial generator)
@@ -12,15 +15,14 @@ Run layout under ``out_dir`` (``results/{dataset}/unlearn/{method}/seed{seed}``)
     log.csv                                              final per-step log
 
 A restarted run resumes from the newest state and ends bit-identical to an uninterrupted run on CPU;
-a state written under another config hash is refused, never overwritten.
+a state written under another config hash or teacher is refused (:class:`pecker.runs.ResumeRefused`),
+never overwritten.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -29,13 +31,17 @@ from tqdm import tqdm
 
 from pecker import io
 from pecker.config import ConfigError, dataset_config
-from pecker.unlearn.settings import method_settings, run_hash
+from pecker.diffusion.conditioning import cat
 from pecker.diffusion.schedule import Schedule, make_scheduler
-from pecker.diffusion.unet import load_unet, n_params
+from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
+from pecker.runs import RunFolder
 from pecker.unlearn.generator import OneStepGenerator, copy_unet, save_generator
-from pecker.unlearn.losses import psi_loss, theta_terms
-from pecker.unlearn.mask import density, saliency_gradients, top_ratio_mask
+from pecker.unlearn.losses import DenoiseTerm, ScoreTerm, denoising_terms, score_terms
+from pecker.unlearn.mask import SaliencyMask, build_pool
+from pecker.unlearn.settings import method_settings
+from pecker.unlearn.task import ClassForgetting
+from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger("pecker.unlearn")
 
@@ -59,19 +65,39 @@ def _total_norm(tensors) -> float:
     return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
 
 
+class Draws:
+    """The run's random draws (timesteps, noise, indices), all from one CPU generator: identical
+    on any device, and saved with the state."""
+
+    def __init__(self, seed: int, image_shape: tuple[int, ...], device: torch.device):
+        self.rng = torch.Generator().manual_seed(seed)
+        self.image_shape, self.device = image_shape, device
+
+    def t(self, n: int, lo: int, hi: int) -> torch.Tensor:
+        return torch.randint(lo, hi, (n,), generator=self.rng).to(self.device)
+
+    def randn(self, n: int) -> torch.Tensor:
+        return torch.randn((n, *self.image_shape), generator=self.rng).to(self.device)
+
+
+def class_task(settings: dict, num_classes: int, teacher, device="cpu", where: str = "unlearn") -> ClassForgetting:
+    """The class-forgetting task of a method's settings, with the teacher's null label."""
+    return ClassForgetting(num_classes, settings["forget_class"], settings["cover_class"], null_label(teacher),
+                           device, where)
+
+
 class Unlearner:
     """Teacher ``phi`` (frozen), generator ``theta`` and fake score ``psi``, their optimisers, the EMA
-    generator, the RNGs and the saliency mask; :meth:`train_step` is one iteration.
+    generator, the random draws and (PECKER) the saliency mask; :meth:`train_step` is one iteration.
 
-    Randomness: labels, timesteps and noise come from ``self.rng`` (a CPU generator: identical draws
-    on any device); dropout uses torch's global RNG, seeded here.
+    Randomness: conditions, timesteps and noise come from ``self.draws`` (a CPU generator); dropout
+    uses torch's global RNG, seeded here.
     """
 
-    def __init__(self, teacher, diffusion_cfg: dict, settings: dict, num_classes: int, seed: int,
+    def __init__(self, teacher, diffusion_cfg: dict, settings: dict, task, seed: int,
                  device: torch.device | str = "cpu", mask_pool: torch.Tensor | None = None):
-        self.s, self.device, self.seed = settings, torch.device(device), seed
+        self.s, self.device, self.seed, self.task = settings, torch.device(device), seed, task
         torch.manual_seed(seed)
-        self.rng = torch.Generator().manual_seed(seed)
         self.sched = Schedule(make_scheduler(diffusion_cfg or {}), self.device)
         T = self.sched.T
         if not (0 <= settings["t_min"] and settings["t_max"] <= T and settings["mask"]["t_max"] <= T):
@@ -79,28 +105,20 @@ class Unlearner:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.gen = OneStepGenerator(copy_unet(self.teacher).requires_grad_(True), self.sched, settings["t_init"])
         self.psi = copy_unet(self.teacher).requires_grad_(True)
+        self.draws = Draws(seed, self.gen.image_shape, self.device)
         self.params = list(self.gen.unet.parameters())
         self.param_names = [n for n, _ in self.gen.unet.named_parameters()]
         self.ema = [p.detach().clone() for p in self.params]
         adam = dict(betas=tuple(settings["adam_betas"]), eps=settings["adam_eps"])
         self.opt_theta = torch.optim.Adam(self.params, lr=settings["lr_theta"], **adam)
         self.opt_psi = torch.optim.Adam(self.psi.parameters(), lr=settings["lr_psi"], **adam)
-        fc = settings["forget_class"]
-        for key in ("forget_class", "cover_class"):
-            if not 0 <= settings[key] < num_classes:
-                raise ConfigError(f"config key 'unlearn.{key}': {settings[key]} is not in [0, {num_classes})")
-        self.retain_classes = torch.tensor([c for c in range(num_classes) if c != fc], dtype=torch.long)
-        self.mask: list[torch.Tensor] | None = None
-        self.mask_density = 1.0
-        self.mask_pool = mask_pool
+        m = settings["mask"]
+        self.mask = SaliencyMask(m, self.params, self.param_names, mask_pool) if m["enabled"] else None
         self.step = 0
 
-    # -- random draws (all from self.rng, on the CPU) ------------------------------------------
-    def _t(self, n: int, lo: int, hi: int) -> torch.Tensor:
-        return torch.randint(lo, hi, (n,), generator=self.rng).to(self.device)
-
-    def _randn(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.gen.image_shape), generator=self.rng).to(self.device)
+    @property
+    def rng(self) -> torch.Generator:
+        return self.draws.rng
 
     @property
     def images_per_step(self) -> int:
@@ -116,66 +134,38 @@ class Unlearner:
         sd.update({n: e.clone() for n, e in zip(self.param_names, self.ema)})
         return sd
 
-    def _mask_due(self) -> bool:
-        m = self.s["mask"]
-        if not m["enabled"]:
-            return False
-        if self.mask is None or m["refresh"] == "every_step":
-            return True
-        return m["refresh"] == "every_k" and self.step % m["refresh_every"] == 0
-
-    def _mask_data(self, x_f: torch.Tensor) -> torch.Tensor:
-        m = self.s["mask"]
-        if m["source"] == "generator":
-            if m["batch_size"] == len(x_f):
-                return x_f  # the psi step's detached forget samples: same kind of draw, no extra forward
-            c = torch.full((m["batch_size"],), self.s["forget_class"], dtype=torch.long, device=self.device)
-            self.gen.eval()
-            with torch.no_grad():
-                return self.gen(self._randn(m["batch_size"]), c)
-        if self.mask_pool is None:
-            raise RuntimeError(f"mask source {m['source']!r} needs a pool of forget-class images")
-        idx = torch.randint(0, len(self.mask_pool), (m["batch_size"],), generator=self.rng)
-        return self.mask_pool[idx].to(self.device)
+    @torch.no_grad()
+    def _sample_forget(self, noise: torch.Tensor) -> torch.Tensor:
+        self.gen.eval()
+        return self.gen(noise, self.task.forget(len(noise)))
 
     def refresh_mask(self, x_f: torch.Tensor) -> float:
         """Recompute the saliency mask; returns the saliency loss ``l_mse``."""
-        m = self.s["mask"]
-        x = self._mask_data(x_f)
-        t, eps = self._t(len(x), m["t_min"], m["t_max"]), self._randn(len(x))
-        c = torch.full((len(x),), self.s["forget_class"], dtype=torch.long, device=self.device)
-        self.gen.unet.train(m["generator_mode"] == "train")
-        loss, grads = saliency_gradients(self.gen.unet, self.sched, x, t, eps, c, self.params)
-        self.mask = top_ratio_mask(grads, m["ratio"], m["scope"])
-        self.mask_density = density(self.mask)
-        return loss
+        return self.mask.refresh(self.gen.unet, self.sched, self.draws, self.task.forget, x_f, self._sample_forget)
 
     def _clip(self, tensors) -> None:
         if self.s["grad_clip_value"] is not None:
             torch.nn.utils.clip_grad_value_(tensors, self.s["grad_clip_value"])
 
-    def draw_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Retain labels uniform over the classes other than ``c_f``, and the forget labels."""
-        s, dev = self.s, self.device
-        idx = torch.randint(0, len(self.retain_classes), (s["batch_size"],), generator=self.rng)
-        c_r = self.retain_classes[idx].to(dev)
-        c_f = torch.full((s["forget_batch_size"],), s["forget_class"], dtype=torch.long, device=dev)
-        return c_r, c_f
+    def draw_conditions(self):
+        """``(c_r, c_f, c_o)`` of one iteration (retain, forget, cover) from the task."""
+        return self.task.draw(self.rng, self.s["batch_size"], self.s["forget_batch_size"])
 
-    def psi_step(self, c_r: torch.Tensor, c_f: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    def psi_step(self, c_r, c_f) -> tuple[dict, torch.Tensor]:
         """Update psi on detached generator samples; returns the log entries and the forget samples."""
-        s = self.s
+        s, draws = self.s, self.draws
         B, Bf = len(c_r), len(c_f)
-        # samples: generator in eval mode, no gradient
+        # samples: generator in eval mode, no gradient (both conditions in one batched call)
         self.gen.eval()
         with torch.no_grad():
-            x = self.gen(torch.cat((self._randn(B), self._randn(Bf))), torch.cat((c_r, c_f)))
+            x = self.gen(torch.cat((draws.randn(B), draws.randn(Bf))), cat([c_r, c_f]))
         x_r, x_f = x[:B], x[B:]
         # psi in train mode; t drawn independently per term
         self.psi.train().requires_grad_(True)
-        t_r, t_f = self._t(B, s["t_min"], s["t_max"]), self._t(Bf, s["t_min"], s["t_max"])
-        loss, rem, fgt = psi_loss(self.psi, self.sched, x_r, c_r, t_r, self._randn(B),
-                                  x_f, c_f, t_f, self._randn(Bf), s["lam_psi"], s["mu_psi"])
+        t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
+        rem, fgt = denoising_terms(self.psi, self.sched, [DenoiseTerm(x_r, t_r, draws.randn(B), c_r),
+                                                          DenoiseTerm(x_f, t_f, draws.randn(Bf), c_f)])
+        loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
         self.opt_psi.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.psi.parameters())
@@ -186,18 +176,21 @@ class Unlearner:
         return {"loss_psi": loss.item(), "loss_psi_remember": rem.item(), "loss_psi_forget": fgt.item(),
                 "grad_norm_psi": gnorm}, x_f
 
-    def theta_step(self, c_r: torch.Tensor, c_f: torch.Tensor) -> dict:
-        """Update theta on fresh samples (same labels, new noise) with the (masked) gradient."""
-        s = self.s
+    def theta_step(self, c_r, c_f, c_o) -> dict:
+        """Update theta on fresh samples (same conditions, new noise) with the (masked) gradient."""
+        s, draws = self.s, self.draws
         B, Bf = len(c_r), len(c_f)
         # generator in train mode; psi in eval mode and frozen; teacher frozen in eval mode
         self.psi.eval().requires_grad_(False)
         self.gen.train()
-        x_r = self.gen(self._randn(B), c_r)
-        x_f = self.gen(self._randn(Bf), c_f)
-        t_r, t_f = self._t(B, s["t_min"], s["t_max"]), self._t(Bf, s["t_min"], s["t_max"])
-        rem, fgt = theta_terms(self.teacher, self.psi, self.sched, x_r, c_r, t_r, self._randn(B),
-                               x_f, c_f, s["cover_class"], t_f, self._randn(Bf), s["xi"], s["normaliser_clamp"])
+        x_r = self.gen(draws.randn(B), c_r)
+        x_f = self.gen(draws.randn(Bf), c_f)
+        t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
+        eps_r, eps_f = draws.randn(B), draws.randn(Bf)
+        rem, fgt = score_terms(self.teacher, self.psi, self.sched,
+                               [ScoreTerm(x_r, t_r, eps_r, teacher_cond=c_r, fake_cond=c_r),
+                                ScoreTerm(x_f, t_f, eps_f, teacher_cond=c_o, fake_cond=c_f)],
+                               s["xi"], s["normaliser_clamp"])
         loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
         # One backward pass through teacher and psi gives d loss / d x for both terms (samples do not
         # interact); one pass through each generator graph then separates grad(lam*remember) from
@@ -206,13 +199,10 @@ class Unlearner:
         g_rem = _fill(torch.autograd.grad(x_r, self.params, gx_r, allow_unused=True), self.params)
         g_fgt = _fill(torch.autograd.grad(x_f, self.params, gx_f, allow_unused=True), self.params)
         gnorm_rem, gnorm_fgt = _total_norm(g_rem), _total_norm(g_fgt)
-        m = s["mask"]
-        if m["enabled"] and m["apply_to"] == "forget":
-            grads = [gr.add_(gf.mul_(k)) for gr, gf, k in zip(g_rem, g_fgt, self.mask)]
-        elif m["enabled"]:
-            grads = [gr.add_(gf).mul_(k) for gr, gf, k in zip(g_rem, g_fgt, self.mask)]
-        else:
+        if self.mask is None:  # SFD
             grads = [gr.add_(gf) for gr, gf in zip(g_rem, g_fgt)]
+        else:  # PECKER
+            grads = self.mask.apply(g_rem, g_fgt)
         del g_fgt
         for p, g in zip(self.params, grads):
             p.grad = g
@@ -232,12 +222,12 @@ class Unlearner:
     def train_step(self) -> dict:
         """One iteration: psi step, saliency mask (when due), theta step, EMA. Returns the log row."""
         t0 = time.perf_counter()
-        c_r, c_f = self.draw_labels()
+        c_r, c_f, c_o = self.draw_conditions()
         row, x_f = self.psi_step(c_r, c_f)
         refreshed, loss_sal = False, float("nan")
-        if self._mask_due():  # the psi step leaves theta unchanged: same mask as before it
+        if self.mask is not None and self.mask.due(self.step):  # psi's step leaves theta unchanged
             loss_sal, refreshed = self.refresh_mask(x_f), True
-        row.update(self.theta_step(c_r, c_f))
+        row.update(self.theta_step(c_r, c_f, c_o))
         decay = self.ema_update()
         self.step += 1
         for key in ("loss_psi", "loss_theta"):
@@ -245,7 +235,8 @@ class Unlearner:
                 raise FloatingPointError(f"unlearning {key} is {row[key]} at step {self.step}")
         row.update({
             "step": self.step, "images_seen": self.step * self.images_per_step,
-            "mask_density": self.mask_density, "mask_refreshed": int(refreshed), "loss_saliency": loss_sal,
+            "mask_density": self.mask.density if self.mask is not None else 1.0,
+            "mask_refreshed": int(refreshed), "loss_saliency": loss_sal,
             "ema_decay": decay, "step_time_s": time.perf_counter() - t0,
         })
         return {k: row[k] for k in LOG_FIELDS}
@@ -261,10 +252,10 @@ class Unlearner:
         tensors.update(ot)
         tensors.update(pt)
         tensors.update(rt)
-        if self.mask is not None:
-            tensors.update({f"mask.{n}": m for n, m in zip(self.param_names, self.mask)})
+        mt, mm = self.mask.state() if self.mask is not None else ({}, {"has_mask": False})
+        tensors.update(mt)
         meta = {"step": self.step, "images_seen": self.step * self.images_per_step,
-                "opt_theta": om, "opt_psi": pm, "rng": rm, "has_mask": self.mask is not None}
+                "opt_theta": om, "opt_psi": pm, "rng": rm, **mm}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -276,75 +267,17 @@ class Unlearner:
         io.optimizer_from_tensors(self.opt_theta, tensors, meta["opt_theta"], "opt_theta")
         io.optimizer_from_tensors(self.opt_psi, tensors, meta["opt_psi"], "opt_psi")
         io.rng_from_tensors(tensors, meta["rng"], {"unlearn": self.rng})
-        self.mask = [tensors[f"mask.{n}"].to(dev) for n in self.param_names] if meta.get("has_mask") else None
-        self.mask_density = density(self.mask) if self.mask is not None else 1.0
+        if self.mask is not None:
+            self.mask.load_state(tensors, meta, dev)
         self.step = meta["step"]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def step_dir(ckpt_dir: Path, step: int) -> Path:
-    return ckpt_dir / f"step{step:07d}"
-
-
-def latest_state(ckpt_dir: Path) -> Path | None:
-    """Prefix of the newest complete resumable state (its sidecar is written last)."""
-    sidecars = sorted(ckpt_dir.glob("step*/state.json"))
-    return sidecars[-1].with_suffix("") if sidecars else None
+# ----------------------------------------------------------------------------- runs
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, generator_ema prefix)`` of every checkpoint of a run, by step (for curves over steps)."""
-    out = []
-    for side in sorted(Path(out_dir, "ckpt").glob("step*/generator_ema.json")):
-        out.append((int(side.parent.name[4:]), side.with_suffix("")))
-    return out
-
-
-def _prune_states(ckpt_dir: Path, keep: int | None) -> None:
-    if keep is None:
-        return
-    for side in sorted(ckpt_dir.glob("step*/state.json"))[:-keep]:
-        side.unlink(missing_ok=True)  # sidecar first: a half-pruned state is never "complete"
-        side.with_suffix(".safetensors").unlink(missing_ok=True)
-
-
-def _read_log(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if None not in r.values() and None not in r]
-    out, last = [], 0
-    for r in rows:
-        try:
-            st = int(r["step"])
-        except (TypeError, ValueError):
-            continue
-        if last < st <= upto:
-            out.append(r)
-            last = st
-    return out
-
-
-class _CsvLog:
-    """Per-step CSV rows, flushed as written; rewritten (atomically) on resume."""
-
-    def __init__(self, path: Path, rows: list[dict]):
-        self.path = path
-        with io.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-        self.fh = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=LOG_FIELDS)
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+    return RunFolder(out_dir, "", "").checkpoints("generator_ema")
 
 
 def run_unlearning(
@@ -361,15 +294,14 @@ def run_unlearning(
     """Run (or resume) one unlearning run; returns the final generator_ema sidecar.
 
     ``max_steps`` stops after that many iterations in total without writing the final outputs
-    (used to test resumption).
+    (used to test resumption). Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
+    a state of another configuration or teacher.
     """
     ds = dataset_config(cfg, dataset)
     if not ds.get("unlearn"):
         raise ConfigError(f"config key 'datasets.{dataset}.unlearn' is missing")
     s = method_settings(ds["unlearn"], method, dataset)
-    out_dir, device = Path(out_dir), torch.device(device)
-    ckpt_dir = out_dir / "ckpt"
-
+    device = torch.device(device)
     teacher, tmeta = load_unet(teacher_prefix, device=device)
     res, ch = ds["data"]["resolution"], ds["data"]["channels"]
     if (teacher.config.sample_size, teacher.config.in_channels) != (res, ch):
@@ -377,54 +309,42 @@ def run_unlearning(
             f"teacher {teacher_prefix} is {teacher.config.in_channels}x{teacher.config.sample_size}^2, config "
             f"datasets.{dataset}.data asks for {ch}x{res}^2"
         )
-    rhash = run_hash(ds, s, seed, tmeta["sha256"])
-    rec = Recorder("unlearn", rhash, seeds={"unlearn": seed}, method=method, dataset=dataset)
+    chash = ds_stage_hash(ds, "unlearn", method=method, seed=seed, dataset=dataset)
+    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"])
+    rec = Recorder("unlearn", chash, seeds={"unlearn": seed}, method=method, dataset=dataset)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    pool = _mask_pool(s, ds, teacher, seed, device, data_dir) if s["mask"]["enabled"] else None
-    unl = Unlearner(teacher, ds.get("diffusion") or {}, s, ds["data"].get("num_classes", 10), seed, device, pool)
+    task = class_task(s, ds["data"].get("num_classes", 10), teacher, device, f"datasets.{dataset}.unlearn")
+    pool = build_pool(s, ds, teacher, task.forget, seed, device, data_dir) if s["mask"]["enabled"] else None
+    unl = Unlearner(teacher, ds.get("diffusion") or {}, s, task, seed, device, pool)
     log.info("unlearn %s seed %d on %s: generator %s parameters, device %s, config hash %s",
-             method, seed, dataset, f"{n_params(unl.gen.unet):,}", device, rhash)
+             method, seed, dataset, f"{n_params(unl.gen.unet):,}", device, chash)
 
-    prev = latest_state(ckpt_dir)
+    inputs = {"teacher_sha256": tmeta["sha256"]}
+    resumed = run.resume(s["steps"], expect=inputs)
     wall_before, resumed_from = 0.0, None
-    if prev is not None:
-        meta = io.read_json(prev.with_suffix(".json"))
-        if meta.get("config_hash") != rhash:
-            raise RuntimeError(
-                f"{prev}.json was written with config hash {meta.get('config_hash')}, the current config "
-                f"(method {method!r}, seed {seed}, teacher {teacher_prefix}) hashes to {rhash}; refusing to "
-                f"resume: move {ckpt_dir} away or restore that config (nothing was overwritten)"
-            )
-        if meta["step"] > s["steps"]:
-            raise RuntimeError(
-                f"{prev}.json is at step {meta['step']}, beyond the configured steps ({s['steps']}); refusing to "
-                f"resume: raise steps or move {ckpt_dir} away (nothing was overwritten)"
-            )
-        tensors, meta = io.load_checkpoint(prev, device="cpu")
+    if resumed is not None:
+        tensors, meta, prev = resumed
         unl.load_state(tensors, meta)
         wall_before, resumed_from = meta.get("wall_clock_s", 0.0), str(prev)
-        log.info("resumed from %s at step %d", prev, unl.step)
-    log_rows = _read_log(ckpt_dir / "log.csv", unl.step)
-    if unl.step and len(log_rows) != unl.step:
-        log.warning("log.csv holds %d rows for %d steps (rows of an earlier attempt were lost)", len(log_rows), unl.step)
-    csv_log = _CsvLog(ckpt_dir / "log.csv", log_rows)
+    csv_log = run.open_log(LOG_FIELDS, unl.step)
+    if unl.step and csv_log.rows != unl.step:
+        log.warning("log.csv holds %d rows for %d steps (rows of an earlier attempt were lost)", csv_log.rows, unl.step)
 
     t_start = time.perf_counter()
+    diffusion = ds.get("diffusion") or {}
 
     def save(step_: int) -> None:
-        d = step_dir(ckpt_dir, step_)
         # training wall-clock so far (across resumes): the x-axis of the wall-clock curves
-        common = {"step": step_, "images_seen": step_ * unl.images_per_step, "config_hash": rhash,
-                  "method": method, "seed": seed,
+        common = {"step": step_, "images_seen": step_ * unl.images_per_step, "config_hash": chash,
+                  "method": method, "seed": seed, **task.describe(), **inputs,
                   "wall_clock_s": round(wall_before + time.perf_counter() - t_start, 3)}
-        save_generator(d / "generator_ema", unl.gen, ds.get("diffusion") or {}, common, unl.ema_state_dict())
+        save_generator(run.step_dir(step_) / "generator_ema", unl.gen, diffusion, common, unl.ema_state_dict())
         tensors, smeta = unl.state()
-        io.save_checkpoint(d / "state", tensors, {**smeta, **common, "kind": "unlearn_state"})
-        _prune_states(ckpt_dir, s["keep_states"])
+        run.save_state(step_, tensors, {**smeta, **common, "kind": "unlearn_state"})
 
-    if prev is None:
+    if resumed is None:
         save(0)
 
     total = s["steps"] if max_steps is None else min(max_steps, s["steps"])
@@ -452,41 +372,12 @@ def run_unlearning(
     wall = wall_before + time.perf_counter() - t_start
     prov = rec.finish(resumed_from=resumed_from, teacher=str(teacher_prefix), teacher_sha256=tmeta["sha256"])
     meta = {
-        "method": method, "seed": seed, "dataset": dataset, "config_hash": rhash,
+        "method": method, "seed": seed, "dataset": dataset, "config_hash": chash,
         "steps": unl.step, "step": unl.step, "images_seen": unl.step * unl.images_per_step,
         "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
-        "forget_class": s["forget_class"], "cover_class": s["cover_class"],
+        "forget_class": s["forget_class"], "cover_class": s["cover_class"], **task.describe(),
         "settings": s, "teacher": str(teacher_prefix), "teacher_sha256": tmeta["sha256"], "provenance": prov,
     }
-    with io.atomic_path(out_dir / "log.csv") as tmp:
-        shutil.copyfile(ckpt_dir / "log.csv", tmp)
-    save_generator(out_dir / "generator_ema", unl.gen, ds.get("diffusion") or {}, meta, unl.ema_state_dict())
-    return io.read_json(out_dir / "generator_ema.json")
-
-
-def _mask_pool(s: dict, ds: dict, teacher, seed: int, device, data_dir) -> torch.Tensor | None:
-    """Forget-class images for the saliency loss when its source is ``teacher`` or ``real``.
-
-    Drawn from their own seeded generator, so a resumed run rebuilds the same pool."""
-    m, fc = s["mask"], s["forget_class"]
-    if m["source"] == "real":
-        from pecker.data import load_prepared, to_model_range
-
-        if data_dir is None:
-            raise ConfigError("mask source 'real' needs the prepared dataset (--data)")
-        images, labels, _ = load_prepared(data_dir)
-        sel = images[labels == fc]
-        if not len(sel):
-            raise ValueError(f"{data_dir}: no images of forget class {fc}")
-        return to_model_range(sel)
-    if m["source"] == "teacher":
-        from pecker.diffusion.sample import sample_batch
-
-        gen = torch.Generator().manual_seed(seed + 7919)
-        labels = torch.full((m["teacher_pool"],), fc, dtype=torch.long)
-        ddpm = make_scheduler(ds.get("diffusion") or {})
-        chunks = [sample_batch(teacher, ddpm, labels[i:i + 256], gen, "ddim", m["teacher_sampling_steps"]).cpu()
-                  for i in range(0, len(labels), 256)]
-        log.info("mask source teacher: drew %d DDIM samples of class %d", len(labels), fc)
-        return torch.cat(chunks)
-    return None
+    run.finish_log()
+    save_generator(run.out_dir / "generator_ema", unl.gen, diffusion, meta, unl.ema_state_dict())
+    return io.read_json(run.out_dir / "generator_ema.json")

@@ -1,0 +1,170 @@
+"""Resumable run folders: the one implementation of checkpoints, resume, prune and the per-step log
+shared by every trainer (the teacher, the unlearning loop and the baselines).
+
+Layout under a run folder ``OUT``::
+
+    ckpt/step0000500/state.safetensors + .json   resumable state (the sidecar is written last, so a
+                                                 state is complete exactly when its sidecar exists)
+    ckpt/step0000500/<name>.safetensors + .json  other files of this checkpoint (e.g. generator_ema)
+    ckpt/log.csv                                 running log, flushed per row (survives a killed job)
+    log.csv                                      the final log, copied when the run finishes
+
+Every state records the config hash it was written under (:func:`pecker.workflow.stage_hash`) and,
+where the trainer asks, identities of its inputs (e.g. the teacher's sha256). A state written under
+anything else is refused with :class:`ResumeRefused`, one exception type with one message shape,
+and nothing is overwritten. Only :mod:`pecker.io` is imported: no import cycle with the trainers.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from pecker import io
+
+log = logging.getLogger("pecker.runs")
+
+STATE = "state"
+
+
+class ResumeRefused(RuntimeError):
+    """A resumable state exists but was written under another config or input."""
+
+
+def step_name(step: int) -> str:
+    return f"step{int(step):07d}"
+
+
+class RunFolder:
+    """One run folder: ``out_dir`` with its ``ckpt/`` subfolder.
+
+    ``config_hash`` is the stage hash the run is written under; ``what`` names the run in messages
+    (e.g. ``"unlearn pecker seed 0"``); ``keep`` bounds the number of resumable states kept (None:
+    all; other files of a checkpoint are always kept).
+    """
+
+    def __init__(self, out_dir: str | Path, config_hash: str, what: str, keep: int | None = None):
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "ckpt"
+        self.config_hash = config_hash
+        self.what = what
+        self.keep = keep
+
+    def step_dir(self, step: int) -> Path:
+        return self.ckpt_dir / step_name(step)
+
+    def latest_state(self) -> Path | None:
+        """Prefix of the newest complete resumable state, or None."""
+        sidecars = sorted(self.ckpt_dir.glob(f"step*/{STATE}.json"))
+        return sidecars[-1].with_suffix("") if sidecars else None
+
+    def checkpoints(self, name: str) -> list[tuple[int, Path]]:
+        """``(step, prefix)`` of every saved ``name`` file (e.g. ``generator_ema``), by step."""
+        return [(int(side.parent.name[4:]), side.with_suffix(""))
+                for side in sorted(self.ckpt_dir.glob(f"step*/{name}.json"))]
+
+    def resume(self, max_step: int, expect: dict | None = None, device: str = "cpu"):
+        """``(tensors, sidecar, prefix)`` of the newest state, or None when there is none.
+
+        Raises :class:`ResumeRefused` when the state was written under another config hash, when
+        one of ``expect``'s entries (e.g. ``{"teacher_sha256": ...}``) differs from what the state
+        records, or when the state lies beyond ``max_step``.
+        """
+        prev = self.latest_state()
+        if prev is None:
+            return None
+        meta = io.read_json(prev.with_suffix(".json"))
+        found = {"config hash": meta.get("config_hash")}
+        wanted = {"config hash": self.config_hash}
+        for key, value in (expect or {}).items():
+            found[key], wanted[key] = meta.get(key), value
+        diff = [k for k in wanted if found[k] != wanted[k]]
+        if diff:
+            what = "; ".join(f"{k} {found[k]} in the state, {wanted[k]} now" for k in diff)
+            self.refuse(prev, f"it was written under another configuration ({what})")
+        if meta.get("step", 0) > max_step:
+            self.refuse(prev, f"it is at step {meta['step']}, beyond the configured {max_step} steps")
+        tensors, meta = io.load_checkpoint(prev, device=device)
+        log.info("%s: resumed from %s at step %d", self.what, prev, meta["step"])
+        return tensors, meta, prev
+
+    def refuse(self, prev: Path, why: str):
+        raise ResumeRefused(
+            f"{self.what}: refusing to resume from {prev}.json: {why}. Restore that configuration, or move "
+            f"{self.ckpt_dir} away to start afresh (nothing was overwritten)."
+        )
+
+    def save_state(self, step: int, tensors: dict, meta: dict) -> Path:
+        """Write the resumable state of ``step`` (atomically, sidecar last), then prune old ones."""
+        prefix = self.step_dir(step) / STATE
+        io.save_checkpoint(prefix, tensors, {**meta, "step": step, "config_hash": self.config_hash})
+        self.prune()
+        return prefix
+
+    def prune(self) -> None:
+        if self.keep is None:
+            return
+        for side in sorted(self.ckpt_dir.glob(f"step*/{STATE}.json"))[:-self.keep]:
+            side.unlink(missing_ok=True)  # sidecar first: a half-pruned state is never "complete"
+            side.with_suffix(".safetensors").unlink(missing_ok=True)
+
+    # -- the per-step log ------------------------------------------------------------------------
+    def open_log(self, fields: Iterable[str], upto_step: int) -> "CsvLog":
+        """The running log, holding the rows of earlier attempts up to the resumed step."""
+        path = self.ckpt_dir / "log.csv"
+        return CsvLog(path, list(fields), read_log(path, upto_step))
+
+    def finish_log(self) -> Path:
+        """Copy the running log to ``OUT/log.csv`` (atomically)."""
+        dst = self.out_dir / "log.csv"
+        with io.atomic_path(dst) as tmp:
+            shutil.copyfile(self.ckpt_dir / "log.csv", tmp)
+        return dst
+
+
+def read_log(path: Path, upto: int) -> list[dict]:
+    """Complete rows with strictly increasing steps ``<= upto`` (later or torn rows are dropped)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if None not in r.values() and None not in r]
+    out, last = [], 0
+    for r in rows:
+        try:
+            st = int(r["step"])
+        except (TypeError, ValueError):
+            continue
+        if last < st <= upto:
+            out.append(r)
+            last = st
+    return out
+
+
+class CsvLog:
+    """Per-step CSV rows with fixed field names, flushed as written; rewritten atomically on open."""
+
+    def __init__(self, path: Path, fields: list[str], rows: list[dict]):
+        self.path, self.fields, self.rows = path, fields, len(rows)
+        with io.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        self.fh = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=fields)
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.fh.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> "CsvLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""What is forgotten, what covers it and what is retained, as conditions (docs/method.md section 1).
+
+A task draws, for each iteration of the unlearning loop, the retain conditions ``c_r``, the forget
+conditions ``c_f`` and the matching cover / override conditions ``c_o`` (the teacher's condition on
+the forget branch). :class:`ClassForgetting` is class forgetting (forget class ``c_f``, cover class
+``c_o``, retain the other classes); concept forgetting plugs in as another task drawing prompts and
+their embeddings (:class:`PromptForgetting`), with no change to the loop or the losses.
+
+The conditions a task returns carry the guidance of the score networks (teacher and fake score);
+the one-step generator is always called unguided (:class:`~pecker.unlearn.generator.OneStepGenerator`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pecker.config import ConfigError
+from pecker.diffusion.conditioning import ClassCondition, TextCondition
+
+
+class ClassForgetting:
+    """Forget ``forget_class``, cover it with ``cover_class``, retain every other class of
+    ``num_classes``; ``null`` is the network's unconditional label."""
+
+    def __init__(self, num_classes: int, forget_class: int, cover_class: int, null: int | None = None,
+                 device: torch.device | str = "cpu", where: str = "unlearn"):
+        for key, value in (("forget_class", forget_class), ("cover_class", cover_class)):
+            if not 0 <= value < num_classes:
+                raise ConfigError(f"config key '{where}.{key}': {value} is not in [0, {num_classes})")
+        if forget_class == cover_class:
+            raise ConfigError(f"config key '{where}.cover_class': must differ from forget_class ({forget_class})")
+        self.forget_class, self.cover_class, self.null = int(forget_class), int(cover_class), null
+        self.device = torch.device(device)
+        self.retain_classes = torch.tensor([c for c in range(num_classes) if c != forget_class], dtype=torch.long)
+
+    def forget(self, n: int) -> ClassCondition:
+        return ClassCondition.full(n, self.forget_class, self.null, self.device)
+
+    def cover(self, n: int) -> ClassCondition:
+        return ClassCondition.full(n, self.cover_class, self.null, self.device)
+
+    def draw(self, rng: torch.Generator, n_retain: int, n_forget: int):
+        """``(c_r, c_f, c_o)``: retain labels uniform over the retained classes (from ``rng``, on the
+        CPU), the forget labels and the cover labels."""
+        idx = torch.randint(0, len(self.retain_classes), (n_retain,), generator=rng)
+        c_r = ClassCondition(self.retain_classes[idx].to(self.device), self.null)
+        return c_r, self.forget(n_forget), self.cover(n_forget)
+
+    def describe(self) -> dict:
+        """What the run forgets, recorded in every generator sidecar (checked by the evaluation)."""
+        return {"forget": {"type": "class", "label": self.forget_class},
+                "cover": {"type": "class", "label": self.cover_class}}
+
+
+class PromptForgetting:
+    """Concept forgetting over precomputed text-encoder embeddings (``(N, L, D)`` each).
+
+    ``retain``: embeddings of the retain prompts; ``forget``: of the forget prompts; ``override``:
+    of each forget prompt with the concept replaced (row ``i`` overrides forget prompt ``i``);
+    ``uncond``: the empty prompt ``(L, D)``; ``negative``: optional negative prompt ``(L, D)`` that
+    replaces the empty prompt on the forget branch; ``guidance``: the score networks' guidance
+    scale. ``names`` (optional) are the prompts, recorded by :meth:`describe`.
+    """
+
+    def __init__(self, retain: torch.Tensor, forget: torch.Tensor, override: torch.Tensor, uncond: torch.Tensor,
+                 negative: torch.Tensor | None = None, guidance: float = 1.0, names: dict | None = None,
+                 device: torch.device | str = "cpu"):
+        if forget.shape != override.shape:
+            raise ValueError(f"forget {tuple(forget.shape)} and override {tuple(override.shape)} embeddings differ in shape")
+        self.device = torch.device(device)
+        self.retain, self.forget_emb, self.override = (e.to(self.device) for e in (retain, forget, override))
+        self.uncond = uncond.to(self.device)
+        self.negative = self.uncond if negative is None else negative.to(self.device)
+        self.guidance, self.names = float(guidance), names or {}
+
+    def _cond(self, table: torch.Tensor, idx: torch.Tensor, uncond: torch.Tensor) -> TextCondition:
+        idx = idx.to(self.device)
+        return TextCondition(table[idx], uncond.expand(len(idx), *uncond.shape), self.guidance)
+
+    def forget(self, n: int) -> TextCondition:
+        """The forget prompts in order, cycled to ``n`` (no randomness: e.g. the saliency batch)."""
+        return self._cond(self.forget_emb, torch.arange(n) % len(self.forget_emb), self.negative)
+
+    def draw(self, rng: torch.Generator, n_retain: int, n_forget: int):
+        """``(c_r, c_f, c_o)``: retain prompts uniformly, forget prompts uniformly and their overrides."""
+        r = torch.randint(0, len(self.retain), (n_retain,), generator=rng)
+        f = torch.randint(0, len(self.forget_emb), (n_forget,), generator=rng)
+        return (self._cond(self.retain, r, self.uncond), self._cond(self.forget_emb, f, self.negative),
+                self._cond(self.override, f, self.negative))
+
+    def describe(self) -> dict:
+        return {"forget": {"type": "text", "n_prompts": len(self.forget_emb), **({"prompts": self.names["forget"]}
+                                                                                if "forget" in self.names else {})},
+                "cover": {"type": "text", "n_prompts": len(self.override), **({"prompts": self.names["override"]}
+                                                                              if "override" in self.names else {})}}
