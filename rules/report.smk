@@ -17,9 +17,10 @@ report: "../report/workflow.rst"
 REPORT_TARGETS = (
     [
         f"{RESULTS}/tables/{name}.{ext}"
-        for name in ("table1", "ablation")
+        for name in ("table1", "ablation", "efficiency")
         for ext in ("csv", "md", "tex")
     ]
+    + [f"{RESULTS}/tables/efficiency.json"]
     + [
         f"{RESULTS}/tables/audit.md",
         f"{RESULTS}/tables/audit.json",
@@ -79,6 +80,28 @@ rule tables:
             subcategory="Ablation",
             labels={"table": "Ablation", "format": "LaTeX"},
         ),
+        efficiency_csv=report(
+            f"{RESULTS}/tables/efficiency.csv",
+            caption="../report/efficiency.rst",
+            category="Tables",
+            subcategory="Efficiency: time-to-forget",
+            labels={"table": "Efficiency", "format": "CSV (numbers)"},
+        ),
+        efficiency_md=report(
+            f"{RESULTS}/tables/efficiency.md",
+            caption="../report/efficiency.rst",
+            category="Tables",
+            subcategory="Efficiency: time-to-forget",
+            labels={"table": "Efficiency", "format": "Markdown (with the verdict)"},
+        ),
+        efficiency_tex=report(
+            f"{RESULTS}/tables/efficiency.tex",
+            caption="../report/efficiency.rst",
+            category="Tables",
+            subcategory="Efficiency: time-to-forget",
+            labels={"table": "Efficiency", "format": "LaTeX"},
+        ),
+        efficiency_json=f"{RESULTS}/tables/efficiency.json",
     log:
         f"{RESULTS}/logs/report/tables.log",
     benchmark:
@@ -91,6 +114,7 @@ rule tables:
         runtime=10,
     params:
         cfgs=" ".join(f"--config {RESOLVED[ds]}" for ds in DATASETS),
+        report=config["report"],
         out=lambda w, output: Path(output.table1_csv).parent,
     shell:
         "pecker report tables {params.cfgs} --out-dir {params.out} {input.jsons} > {log} 2>&1"
@@ -153,6 +177,7 @@ rule audit:
     input:
         table1=rules.tables.output.table1_csv,
         ablation=rules.tables.output.ablation_csv,
+        efficiency=rules.tables.output.efficiency_json,
         paper=f"{workflow.basedir}/config/paper_results.yaml",
         jsons=lambda w: [p for ds in DATASETS for p in eval_jsons(ds)],
     output:
@@ -180,4 +205,4 @@ rule audit:
         runtime=10,
     shell:
         "pecker audit --paper {input.paper} --table {input.table1} --table {input.ablation}"
-        " --out-md {output.md} --out-json {output.json} {input.jsons} > {log} 2>&1"
+        " --efficiency {input.efficiency} --out-md {output.md} --out-json {output.json} {input.jsons} > {log} 2>&1"

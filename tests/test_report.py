@@ -87,7 +87,7 @@ def runs(tmp_path) -> tuple[Path, list[Path], list[Path]]:
     return root, jsons, grids
 
 
-def test_table1_mean_std_and_formats(runs, tmp_path):
+def test_table1_mean_interval_and_formats(runs, tmp_path):
     root, jsons, _ = runs
     df = results.load_frame(jsons)
     t1 = tables.build_table1(df)
@@ -95,22 +95,27 @@ def test_table1_mean_std_and_formats(runs, tmp_path):
     pk = t1.set_index("method").loc["pecker"]
     assert pk["n_seeds"] == 2 and pk["seeds"] == "0,1"
     assert pk["ua_mean"] == pytest.approx(97.5) and pk["ua_std"] == pytest.approx(np.std([97, 98], ddof=1))
+    # 95% t-interval over 2 seeds, by hand: t_{0.975, 1} = 12.7062, s = 0.7071, half = t s / sqrt(2)
+    half = 12.706204736 * np.std([97, 98], ddof=1) / np.sqrt(2)
+    assert pk["ua_lo"] == pytest.approx(97.5 - half) and pk["ua_hi"] == pytest.approx(97.5 + half)
     assert pk["fid_mean"] == pytest.approx(11.0) and pk["fid_n"] == 2
     assert np.isnan(t1.set_index("method").loc["pecker_once", "ua_std"])
     for key in ("ua", "fid", "is", "precision", "recall", "kid", "retained_accuracy", "steps", "images_seen",
                 "wall_clock_s"):
-        assert {f"{key}_mean", f"{key}_std", f"{key}_n"} <= set(t1.columns)
+        assert {f"{key}_mean", f"{key}_lo", f"{key}_hi", f"{key}_std", f"{key}_n"} <= set(t1.columns)
     assert "data_free" in t1.columns and bool(pk["data_free"]) is True
 
     out = tmp_path / "tables"
     written = tables.write_tables(df, out, paper_datasets=Paper().dataset_names)
-    assert {p.name for p in written.values()} == {f"{n}.{e}" for n in ("table1", "ablation") for e in ("csv", "md", "tex")}
+    assert {p.name for p in written.values()} == {f"{n}.{e}" for n in ("table1", "ablation", "efficiency")
+                                                  for e in ("csv", "md", "tex")} | {"efficiency.json"}
     back = pd.read_csv(out / "table1.csv")
     assert back.loc[back["method"] == "pecker", "ua_mean"].item() == pytest.approx(97.5)
     md = (out / "table1.md").read_text()
-    assert "## mnist" in md and "97.50 ± 0.71" in md and "UA (%) ↑" in md and "cross-dataset" in md
+    assert "## mnist" in md and "97.50 [91.15, 103.85]" in md and "UA (%) ↑" in md and "cross-dataset" in md
+    assert "95.00 (1 seed)" in md  # pecker_once: one seed, no interval
     tex = (out / "table1.tex").read_text()
-    assert r"\begin{tabular}" in tex and r"97.50 $\pm$ 0.71" in tex and r"pecker\_once" in tex
+    assert r"\begin{tabular}" in tex and "97.50 [91.15, 103.85]" in tex and r"pecker\_once" in tex
     assert r"UA (\%) $\uparrow$" in tex and "UA (%)" not in tex
     abl = pd.read_csv(out / "ablation.csv")
     assert set(abl["method"]) == {"sfd", "pecker", "pecker_once"}

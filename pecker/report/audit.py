@@ -45,6 +45,8 @@ class Cell:
     ours: float | bool | str | None
     ours_std: float | None = None
     n: int = 0
+    ours_lo: float | None = None
+    ours_hi: float | None = None
     paper: float | bool | None = None
     diff: float | None = None
     comparison: str = ""
@@ -224,14 +226,16 @@ class Auditor:
                 ours = {"true": True, "false": False}.get(ours.lower(), ours)
             else:
                 ours = bool(ours)
-            std, n = None, 0
+            std, n, lo, hi = None, 0, None, None
         else:
             key = column if derived else f"{column}_mean"
             ours = None if _isnan(row.get(key)) else float(row[key])
             std = None if derived or _isnan(row.get(f"{column}_std")) else float(row[f"{column}_std"])
             n = 0 if derived or _isnan(row.get(f"{column}_n")) else int(row[f"{column}_n"])
+            lo, hi = (None if derived or _isnan(row.get(f"{column}_{e}")) else float(row[f"{column}_{e}"])
+                      for e in ("lo", "hi"))
         match = self.paper.match(ds, method)
-        c = Cell(table, ds, method, column, metric, ours, std, n, cross_dataset=match.cross_dataset,
+        c = Cell(table, ds, method, column, metric, ours, std, n, lo, hi, cross_dataset=match.cross_dataset,
                  comparison=match.label)
         if base in ("ua", "fid", "is", "precision", "data_free"):
             pkey = "is_mean" if base == "is" else base
@@ -306,8 +310,9 @@ def _join(values) -> str:
     return "; ".join(vals) if vals else DASH
 
 
-def audit(tables: dict[str, pd.DataFrame], records: list[dict], paper: Paper) -> dict:
-    """All cells of ``tables`` (name -> CSV frame) with the summary and the datasets' comparison notes."""
+def audit(tables: dict[str, pd.DataFrame], records: list[dict], paper: Paper, verdicts: list[dict] | None = None) -> dict:
+    """All cells of ``tables`` (name -> CSV frame) with the summary and the datasets' comparison notes;
+    ``verdicts`` (from ``efficiency.json``) are listed next to the paper's claims."""
     auditor = Auditor(records, paper)
     cells = [c for name, t in tables.items() for c in auditor.audit_table(name, t)]
     datasets = sorted({c.dataset for c in cells})
@@ -331,6 +336,8 @@ def audit(tables: dict[str, pd.DataFrame], records: list[dict], paper: Paper) ->
                     "cross_dataset": sum(1 for c in cells if c.cross_dataset)},
         "missing_cells": [c.name for c in missing],
         "paper_anomalies": {t: paper.anomalies(t) for t in ("table1", "table2", "table3")},
+        "claims": [{**claim, "ours": [v["text"] for v in verdicts or [] if v.get("method") in claim.get("methods", [])
+                                      or not claim.get("methods")]} for claim in paper.claims],
         "cells": [asdict(c) | {"name": c.name} for c in cells],
         "_cells": cells,
     }
@@ -365,8 +372,9 @@ def render_markdown(result: dict) -> str:
                 flags = (["MISSING PROVENANCE"] if c.missing else []) + (["SUBSTITUTE"] if c.substitute else [])
                 rows.append({
                     "method": c.method, "column": c.column,
-                    "ours": _fmt(c.ours) + (f" ± {c.ours_std:.3g}" if c.ours_std is not None else "")
-                    + (f" (n={c.n})" if c.n > 1 else ""),
+                    "ours": _fmt(c.ours) + (f" [{c.ours_lo:.4g}, {c.ours_hi:.4g}]" if c.ours_lo is not None
+                                            and c.ours_hi is not None else "")
+                    + (f" (n={c.n})" if c.n > 1 else " (1 seed)" if c.n == 1 else ""),
                     "paper": _fmt(c.paper), "diff": f"{c.diff:+.4g}" if c.diff is not None else DASH,
                     "comparison": c.comparison,
                     "commit": _join(_short(p["commit"]) for p in c.provenance) if c.provenance else DASH,
@@ -379,6 +387,12 @@ def render_markdown(result: dict) -> str:
                     "notes": " | ".join(c.substitute + c.notes + (c.missing if c.missing else [])) or "",
                 })
             out += [markdown_table(pd.DataFrame(rows)), ""]
+    if result.get("claims"):
+        out += ["## The paper's claims and what this pipeline measured", ""]
+        for claim in result["claims"]:
+            out += [f"- **Paper ({claim['id']})**: {' '.join(str(claim['text']).split())}"]
+            out += [f"  - ours: {t}" for t in claim["ours"]] or ["  - ours: not measured (no efficiency verdicts)"]
+        out += [""]
     out += ["## Known anomalies in the paper's numbers (reported, not corrected)", ""]
     for table, items in result["paper_anomalies"].items():
         for a in items:

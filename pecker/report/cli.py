@@ -51,7 +51,9 @@ def report() -> None:
 @click.option("--out-dir", type=click.Path(file_okay=False), default="results/tables", show_default=True)
 @clitools.log_option
 def tables(files, results_dir, config_files, paper_path, out_dir, log_file) -> None:
-    """Table 1 (table1.csv/.md/.tex) and the ablation table (ablation.csv/.md/.tex) in OUT_DIR."""
+    """Table 1 (table1.*), the ablation table (ablation.*) and the efficiency table with its verdict
+    (efficiency.csv/.md/.tex/.json) in OUT_DIR. The efficiency settings are the config's ``report``
+    section (thresholds, retained-accuracy tolerance, reference method, interval level)."""
     from pecker.report import results, tables as tab
     from pecker.report.paper import Paper
 
@@ -107,9 +109,12 @@ def figures(config_files, overrides, dataset, files, results_dir, out_dir, log_f
 @PAPER
 @click.option("--out-md", type=click.Path(dir_okay=False), default="results/tables/audit.md", show_default=True)
 @click.option("--out-json", type=click.Path(dir_okay=False), default="results/tables/audit.json", show_default=True)
+@click.option("--efficiency", "efficiency_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="efficiency.json of `pecker report tables`: its verdicts are listed next to the paper's claims.")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even when cells lack provenance.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the report (only the summary).")
-def audit(files, results_dir, table_files, paper_path, out_md, out_json, allow_missing, quiet) -> None:
+def audit(files, results_dir, table_files, paper_path, out_md, out_json, efficiency_path, allow_missing,
+          quiet) -> None:
     """Every cell of the tables: ours, the paper's, the difference and our provenance.
 
     FILES are the metric JSONs behind the tables. Exits 1 when any cell lacks provenance."""
@@ -127,7 +132,12 @@ def audit(files, results_dir, table_files, paper_path, out_md, out_json, allow_m
         paper = Paper(path=paper_path)
     except (OSError, ValueError) as err:
         raise click.ClickException(f"paper numbers: {err}") from None
-    result = aud.audit(tables, records, paper)
+    verdicts = None
+    if efficiency_path:
+        from pecker import io
+
+        verdicts = io.read_json(efficiency_path).get("verdicts", [])
+    result = aud.audit(tables, records, paper, verdicts)
     aud.write_audit(result, out_md, out_json)
     if not quiet:
         click.echo(aud.render_markdown(result))

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from pecker import io  # noqa: E402
+from pecker.report import stats  # noqa: E402
 from pecker.report.results import MAIN_METHODS, TEACHER, curves, load_grid, order_methods  # noqa: E402
 
 AXES_X = (("step", "training steps"), ("images_seen", "images seen"), ("wall_clock_s", "wall-clock (s)"))
@@ -145,29 +146,47 @@ def _teacher_value(df: pd.DataFrame, dataset: str, metric: str) -> float | None:
     return float(t.mean()) if len(t) else None
 
 
+def seed_band(data: pd.DataFrame, x: str, y: str, level: float = 0.95) -> pd.DataFrame:
+    """Per checkpoint step of one method: mean ``x`` and mean ``y`` over seeds with the Student-t
+    interval of ``y`` (:func:`pecker.report.stats.t_interval`). On the wall-clock axis the mean sits
+    at the seeds' mean wall-clock of that step."""
+    rows = []
+    for step, g in data.groupby("step"):
+        iv = stats.t_interval(g[y], level)
+        rows.append({"step": step, "x": float(g[x].mean()), "mean": iv["mean"], "lo": iv["lo"], "hi": iv["hi"],
+                     "n": iv["n"]})
+    return pd.DataFrame(rows, columns=["step", "x", "mean", "lo", "hi", "n"]).sort_values("x")
+
+
 def _curve_panel(ax, cur: pd.DataFrame, x: str, y: str, methods: list[str], ref: float | None) -> None:
+    """Each seed as a thin line, the mean over seeds as a thick line with its 95% band."""
     data = cur[cur["method"].isin(methods)].dropna(subset=[x, y])
     if data.empty:
         ax.text(0.5, 0.5, f"{x} not recorded" if cur[x].isna().all() else "no values", ha="center",
                 va="center", transform=ax.transAxes)
     else:
-        order = [m for m in methods if m in set(data["method"])]
-        grids_x = data.groupby(["method", "seed"])[x].apply(lambda v: tuple(sorted(v)))
-        shared = grids_x.groupby(level="method").nunique().max() == 1
-        if shared and data.groupby("method")["seed"].nunique().max() > 1:  # seeds share x: mean ± sd band
-            sns.lineplot(data=data, x=x, y=y, hue="method", hue_order=order, marker="o", errorbar="sd", ax=ax)
-        else:  # x differs per seed (wall-clock) or one seed: one line per seed
-            sns.lineplot(data=data, x=x, y=y, hue="method", hue_order=order, units="seed", estimator=None,
-                         marker="o", ax=ax)
+        palette = sns.color_palette(n_colors=max(len(methods), 1))
+        for i, method in enumerate(m for m in methods if m in set(data["method"])):
+            dm, color = data[data["method"] == method], palette[i % len(palette)]
+            for _, g in dm.groupby("seed"):
+                g = g.sort_values("step")
+                ax.plot(g[x], g[y], color=color, lw=0.7, alpha=0.35)
+            band = seed_band(dm, x, y)
+            n = int(dm["seed"].nunique())
+            ax.plot(band["x"], band["mean"], color=color, lw=1.8, marker="o", ms=3,
+                    label=f"{method} (mean of {n} seed{'s' if n > 1 else ''})")
+            if band["lo"].notna().any():
+                ax.fill_between(band["x"], band["lo"], band["hi"], color=color, alpha=0.2, lw=0)
     if ref is not None:
         ax.axhline(ref, color="grey", ls="--", lw=1, label="teacher")
-    if ax.get_legend() is not None or ref is not None:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 
 
 def figure3(df: pd.DataFrame, dataset: str, prefix: str | Path, methods: list[str] | None = None,
             title: str | None = None) -> list[Path]:
-    """UA and FID (rows) against steps, images seen and wall-clock (columns); mean ± sd over seeds."""
+    """UA and FID (rows) against steps, images seen and wall-clock (columns): every seed, and the mean
+    over seeds with its 95% Student-t band."""
     cur = curves(df[df["dataset"] == dataset])
     if methods is None:
         present = set(cur["method"])

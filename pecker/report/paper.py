@@ -58,6 +58,7 @@ class Paper:
         self.table1_rows = t1["rows"]
         self.table1_metrics = t1.get("metrics", {})
         self.dataset_names = self.data["dataset_names"]
+        self.claims = self.data.get("claims") or []
         self.reference = self.data["cross_dataset_reference"]
 
     def paper_dataset(self, dataset: str) -> tuple[str, bool]:

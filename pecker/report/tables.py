@@ -1,8 +1,9 @@
 """Table 1 (class forgetting) and the ablation table, as CSV, Markdown and LaTeX.
 
-Rows are (dataset, method) over the *final* EMA generators (``final.json``); where several seeds were
-run, each numeric column is the mean over seeds with its sample standard deviation (ddof 1) and the
-number of seeds that had a value. CSV columns: ``<key>_mean``, ``<key>_std``, ``<key>_n`` per key of
+Rows are (dataset, method) over the *final* EMA generators (``final.json``); each numeric column is
+the mean over seeds with its 95% Student-t interval (:func:`pecker.report.stats.t_interval`), its
+sample standard deviation (ddof 1) and the number of seeds that had a value; a cell of one seed says
+so. CSV columns: ``<key>_mean``, ``<key>_lo``, ``<key>_hi``, ``<key>_std``, ``<key>_n`` per key of
 :data:`COLUMNS` (``is`` is the JSONs' ``is_mean``, ``kid`` their ``kid_mean``).
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pecker import io
+from pecker.report import stats
 from pecker.report.results import MAIN_METHODS, TEACHER, order_methods
 
 
@@ -53,7 +55,7 @@ def _flag(values: pd.Series):
     return bool(vals.pop()) if len(vals) == 1 else "mixed"
 
 
-def build_table1(df: pd.DataFrame) -> pd.DataFrame:
+def build_table1(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Aggregate the final rows of :func:`results.to_frame` into Table 1 (one row per dataset and method)."""
     fin = df[df["final"]]
     rows = []
@@ -64,13 +66,12 @@ def build_table1(df: pd.DataFrame) -> pd.DataFrame:
             row = {"dataset": ds, "method": method, "n_seeds": int(g["seed"].nunique()),
                    "seeds": ",".join(str(s) for s in sorted(g["seed"].unique())), "data_free": _flag(g["data_free"])}
             for c in COLUMNS:
-                v = pd.to_numeric(g[c.source], errors="coerce").dropna()
-                row[f"{c.key}_mean"] = float(v.mean()) if len(v) else np.nan
-                row[f"{c.key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
-                row[f"{c.key}_n"] = int(len(v))
+                iv = stats.t_interval(pd.to_numeric(g[c.source], errors="coerce"), level)
+                for part in ("mean", "lo", "hi", "std", "n"):
+                    row[f"{c.key}_{part}"] = iv[part]
             rows.append(row)
     cols = ["dataset", "method", "n_seeds", "seeds", "data_free"]
-    cols += [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std", "n")]
+    cols += [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "lo", "hi", "std", "n")]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -120,13 +121,20 @@ def build_ablation(table: pd.DataFrame, cfg: dict | None = None) -> pd.DataFrame
 # ----------------------------------------------------------------------------- formatting
 
 
-def format_cell(mean, std, n, fmt: str, n_seeds: int | None = None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def _isnan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def format_cell(mean, lo, hi, n, fmt: str, n_seeds: int | None = None) -> str:
+    """``mean [lo, hi]`` (the interval over seeds), ``mean (1 seed)`` or a dash."""
+    if _isnan(mean):
         return DASH
     text = format(mean, fmt)
-    if n and n > 1 and std is not None and not math.isnan(std):
-        text += f" ± {format(std, fmt)}"
-    if n_seeds and n and n < n_seeds:
+    if n and n > 1 and not _isnan(lo) and not _isnan(hi):
+        text += f" [{format(lo, fmt)}, {format(hi, fmt)}]"
+    elif n == 1:
+        text += " (1 seed)"
+    if n_seeds and n and 1 < n < n_seeds:
         text += f" (n={n})"
     return text
 
@@ -144,12 +152,12 @@ def display_frame(table: pd.DataFrame, latex: bool = False, extra: tuple[str, ..
     out = pd.DataFrame({"Method": table["method"].astype(str)})
     for c in COLUMNS[:7]:
         out[head(c.label, c.better)] = [
-            format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], r[f"{c.key}_n"], c.fmt, r["n_seeds"])
+            format_cell(r[f"{c.key}_mean"], r[f"{c.key}_lo"], r[f"{c.key}_hi"], r[f"{c.key}_n"], c.fmt, r["n_seeds"])
             for _, r in table.iterrows()]
     out["Data-free"] = [_flag_text(v) for v in table["data_free"]]
     for c in COLUMNS[7:]:
-        out[head(c.label)] = [format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], r[f"{c.key}_n"], c.fmt, r["n_seeds"])
-                        for _, r in table.iterrows()]
+        out[head(c.label)] = [format_cell(r[f"{c.key}_mean"], r[f"{c.key}_lo"], r[f"{c.key}_hi"], r[f"{c.key}_n"],
+                                          c.fmt, r["n_seeds"]) for _, r in table.iterrows()]
     out["Seeds"] = table["n_seeds"].astype(int).astype(str).values
     for key in extra:
         if key == "settings":
@@ -222,7 +230,8 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, title: str,
         tex += [latex_table(display_frame(sub, latex=True, extra=extra), f"{title}: {ds}",
                             f"tab:{name}-{ds}"), ""]
     if not table.empty:
-        md += ["Mean ± sample std over seeds (n seeds in the last column; (n=k) where fewer seeds had a value). "
+        md += [f"Mean [95% {stats.METHOD_T}] (n seeds in the last column; '(1 seed)' where one seed had a value, "
+               "'(n=k)' where fewer seeds than run had one). "
                "UA in percent of forget-class samples not classified as the forget class; FID/KID/precision/"
                "recall on retained-class samples; `–` = not computed.", ""]
     io.atomic_write_text(paths["md"], "\n".join(md))
@@ -232,8 +241,12 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, title: str,
 
 def write_tables(df: pd.DataFrame, out_dir: str | Path, cfg: dict | None = None,
                  paper_datasets: dict | None = None) -> dict[str, Path]:
-    """Table 1 and the ablation table; returns ``{'table1.csv': path, ...}``."""
-    t1 = build_table1(df)
+    """Table 1, the ablation table and the efficiency table; returns ``{'table1.csv': path, ...}``."""
+    from pecker.report.efficiency import write_efficiency
+
+    rcfg = (cfg or {}).get("report") or {}
+    level = rcfg.get("interval_level", 0.95)
+    t1 = build_table1(df, level)
     written = {}
     for ext, p in write_table(t1, out_dir, "table1", "Table 1: class forgetting",
                               paper_datasets=paper_datasets).items():
@@ -245,4 +258,8 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, cfg: dict | None = None,
                               extra=("settings", "ua_minus_pecker", "fid_minus_pecker"),
                               empty_note=NO_ABLATION.format(methods=methods, where=where)).items():
         written[f"ablation.{ext}"] = p
+    for ext, p in write_efficiency(df, out_dir, rcfg.get("ua_thresholds", (90.0, 95.0)),
+                                   rcfg.get("retained_tolerance", 0.05), rcfg.get("reference_method", "sfd"),
+                                   level, rcfg.get("references")).items():
+        written[f"efficiency.{ext}"] = p
     return written
