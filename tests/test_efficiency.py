@@ -98,6 +98,7 @@ def test_efficiency_table_and_verdict_faster():
     assert pk["cost_ratio_mean"] == pytest.approx(1.0)
     [v] = eff.verdicts(t, 0.05)
     assert v["outcome"] == "faster" and "pecker forgets faster than sfd in images seen" in v["text"]
+    assert v["outcome_wall_clock"] == "faster" and "in images seen and in wall-clock" in v["text"]
     assert "3 + 3 seeds" in v["text"]
 
 

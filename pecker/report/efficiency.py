@@ -186,7 +186,7 @@ def verdicts(table: pd.DataFrame, tolerance: float, level: float = 0.95) -> list
                     "no difference shown": f"the {pct} interval includes 1: no difference between {r.method} "
                                            f"and {r.reference} is shown at this scale"}
             wall, img = outcomes["wall_clock_s"], outcomes["images_seen"]
-            tail = word.get(img, img) + " in images seen"
+            tail = word.get(img, img) + (" in images seen and in wall-clock" if wall == img else " in images seen")
             tail += "" if wall == img else f"; in wall-clock: {word.get(wall, wall)}"
             rec["text"] = (f"{head} = {'; '.join(parts)} ({stats.METHOD_RATIO}, {pct}, {r.n_seeds} + {n_ref} "
                            f"seeds): {tail}.")
