@@ -61,11 +61,6 @@ class RunFolder:
         sidecars = sorted(self.ckpt_dir.glob(f"step*/{STATE}.json"))
         return sidecars[-1].with_suffix("") if sidecars else None
 
-    def checkpoints(self, name: str) -> list[tuple[int, Path]]:
-        """``(step, prefix)`` of every saved ``name`` file (e.g. ``generator_ema``), by step."""
-        return [(int(side.parent.name[4:]), side.with_suffix(""))
-                for side in sorted(self.ckpt_dir.glob(f"step*/{name}.json"))]
-
     def resume(self, max_step: int, expect: dict | None = None, device: str = "cpu"):
         """``(tensors, sidecar, prefix)`` of the newest state, or None when there is none.
 
@@ -123,6 +118,12 @@ class RunFolder:
         with io.atomic_path(dst) as tmp:
             shutil.copyfile(self.ckpt_dir / "log.csv", tmp)
         return dst
+
+
+def checkpoints(out_dir: str | Path, name: str) -> list[tuple[int, Path]]:
+    """``(step, prefix)`` of every ``OUT/ckpt/stepN/<name>`` file (e.g. ``generator_ema``), by step."""
+    return [(int(side.parent.name[4:]), side.with_suffix(""))
+            for side in sorted((Path(out_dir) / "ckpt").glob(f"step*/{name}.json"))]
 
 
 def read_log(path: Path, upto: int) -> list[dict]:

@@ -159,3 +159,17 @@ def test_mask_sources_teacher_and_real(source, tmp_path):
     unl = Unlearner(teacher, ds["diffusion"], s, task, 0, mask_pool=pool)
     row = unl.train_step()
     assert row["mask_refreshed"] == 1 and row["mask_density"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_generator_source_with_its_own_batch_draws_fresh_samples():
+    """mask.batch_size != forget batch: the mask draws its own no-grad generator samples of c_f."""
+    m = f"datasets.{DS}.unlearn.methods.pecker.mask"
+    unl = make_unlearner("pecker", f"{m}.batch_size=3")
+    calls = []
+    unl.gen.unet.register_forward_pre_hook(
+        lambda mod, args, kw: calls.append((len(args[0]), mod.training, torch.is_grad_enabled(),
+                                            kw["class_labels"].tolist())), with_kwargs=True)
+    row = unl.train_step()
+    assert row["mask_refreshed"] == 1
+    # psi-step samples (4 + 4), mask samples (3, eval, no grad, forget class), saliency pass (3), theta step
+    assert calls[1] == (3, False, False, [0, 0, 0]) and calls[2][0] == 3 and calls[2][2]

@@ -18,36 +18,41 @@ is a new subclass, not a change to them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 
 
-class Condition:
-    """Interface of a batch of conditions (see the module docstring)."""
+class Condition(ABC):
+    """Interface of a batch of conditions (see the module docstring); subclasses are frozen dataclasses."""
 
     guidance: float = 1.0
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def __getitem__(self, idx) -> "Condition":
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to(self, device: torch.device | str) -> "Condition":
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def unconditional(self) -> "Condition":
         """The unconditional (or negative) counterpart of every sample, unguided."""
-        raise NotImplementedError
 
+    @abstractmethod
     def call(self, model, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network's unguided noise prediction at these conditions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _cat(self, others: Sequence["Condition"]) -> "Condition":
-        raise NotImplementedError
+        ...
 
     def with_guidance(self, scale: float) -> "Condition":
         return replace(self, guidance=float(scale))
@@ -61,9 +66,9 @@ class Condition:
         cond, uncond = both.call(model, torch.cat([z, z]), torch.cat([t, t])).chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
+    @abstractmethod
     def describe(self) -> dict:
         """JSON-able summary (recorded in sidecars)."""
-        raise NotImplementedError
 
 
 def cat(conds: Sequence[Condition]) -> Condition:

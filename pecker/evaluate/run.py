@@ -125,12 +125,15 @@ def generated_features(extractor, images: np.ndarray, batch_size: int,
     """
     if not with_logits:
         return extractor.features(images, batch_size=batch_size), None
-    both = getattr(extractor, "features_and_logits", None)
-    if both is None:
-        raise ValueError(f"evaluate.is_source 'inception' needs Inception logits; the extractor "
-                         f"{getattr(extractor, 'name', extractor)!r} has none (use is_source: classifier "
-                         "or extractor: inception-v3-compat)")
-    return both(images, batch_size=batch_size)
+    check_has_logits(extractor, getattr(extractor, "name", extractor))
+    return extractor.features_and_logits(images, batch_size=batch_size)
+
+
+def check_has_logits(extractor_or_cls, name) -> None:
+    """Refuse an extractor (instance or class) without Inception logits for ``is_source: inception``."""
+    if not hasattr(extractor_or_cls, "features_and_logits"):
+        raise ValueError(f"evaluate.is_source 'inception' needs Inception logits; the extractor {name!r} has none "
+                         "(use is_source: classifier or extractor: inception-v3-compat)")
 
 
 def metric_source(record: dict, **fields) -> dict:
@@ -191,12 +194,8 @@ def evaluate_model(
     ecfg = ds_cfg["evaluate"]
     fc, co = config_task(ds_cfg)
     is_source = resolve_is_source(ecfg)
-    extractor_cls = EXTRACTORS.get(ecfg["extractor"])
-    if is_source == "inception" and extractor_cls is not None and not hasattr(extractor_cls, "features_and_logits"):
-        # fail before sampling (minutes for the teacher), not after
-        raise ValueError(f"evaluate.is_source 'inception' needs Inception logits; the extractor "
-                         f"{ecfg['extractor']!r} has none (use is_source: classifier or "
-                         "extractor: inception-v3-compat)")
+    if is_source == "inception" and ecfg["extractor"] in EXTRACTORS:
+        check_has_logits(EXTRACTORS[ecfg["extractor"]], ecfg["extractor"])  # before sampling, not after
     k = ds_cfg["data"]["num_classes"]
     keep = retained_classes(k, fc)
     per_class = ecfg["per_class"] if final or ecfg["curve_per_class"] is None else ecfg["curve_per_class"]

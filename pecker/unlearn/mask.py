@@ -100,26 +100,28 @@ class SaliencyMask:
             return True
         return self.s["refresh"] == "every_k" and step % self.s["refresh_every"] == 0
 
-    def _data(self, x_f: torch.Tensor, draws, sample_forget: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _data(self, gen, draws, forget: Callable[[int], Condition], x_f: torch.Tensor) -> torch.Tensor:
         n = self.s["batch_size"]
         if self.s["source"] == "generator":
             if n == len(x_f):
                 return x_f  # the psi step's detached forget samples: the same kind of draw, no extra forward
-            return sample_forget(draws.randn(n))
+            gen.eval()
+            with torch.no_grad():
+                return gen(draws.randn(n), forget(n))
         idx = torch.randint(0, len(self.pool), (n,), generator=draws.rng)
         return self.pool[idx].to(draws.device)
 
-    def refresh(self, unet, sched, draws, forget: Callable[[int], Condition], x_f: torch.Tensor,
-                sample_forget: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        """Recompute the mask from ``l_mse`` of ``unet`` (the generator's UNet) on forget data.
+    def refresh(self, gen, sched, draws, forget: Callable[[int], Condition], x_f: torch.Tensor) -> float:
+        """Recompute the mask from ``l_mse`` of ``gen.unet`` (the one-step generator's UNet) on forget data.
 
         ``draws`` gives the run's random draws (``t``, ``randn``, its ``rng`` and ``device``),
-        ``forget(n)`` the forget condition of ``n`` samples, ``x_f`` the psi step's detached forget
-        samples and ``sample_forget(noise)`` fresh no-grad generator samples at the forget condition.
+        ``forget(n)`` the forget condition of ``n`` samples and ``x_f`` the psi step's detached forget
+        samples (fresh no-grad samples of ``gen`` when the saliency batch has another size).
         Returns the saliency loss ``l_mse``.
         """
-        x = self._data(x_f, draws, sample_forget)
+        x = self._data(gen, draws, forget, x_f)
         t, eps = draws.t(len(x), self.s["t_min"], self.s["t_max"]), draws.randn(len(x))
+        unet = gen.unet
         unet.train(self.s["generator_mode"] == "train")
         # the generator's own, unguided noise prediction (the generator is never guided)
         loss, grads = saliency_gradients(unet, sched, x, t, eps, forget(len(x)).with_guidance(1.0), self.params)

@@ -35,7 +35,7 @@ from pecker.diffusion.conditioning import cat
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
-from pecker.runs import RunFolder
+from pecker.runs import RunFolder, checkpoints
 from pecker.unlearn.generator import OneStepGenerator, copy_unet, save_generator
 from pecker.unlearn.losses import DenoiseTerm, ScoreTerm, denoising_terms, score_terms
 from pecker.unlearn.mask import SaliencyMask, build_pool
@@ -134,14 +134,9 @@ class Unlearner:
         sd.update({n: e.clone() for n, e in zip(self.param_names, self.ema)})
         return sd
 
-    @torch.no_grad()
-    def _sample_forget(self, noise: torch.Tensor) -> torch.Tensor:
-        self.gen.eval()
-        return self.gen(noise, self.task.forget(len(noise)))
-
     def refresh_mask(self, x_f: torch.Tensor) -> float:
         """Recompute the saliency mask; returns the saliency loss ``l_mse``."""
-        return self.mask.refresh(self.gen.unet, self.sched, self.draws, self.task.forget, x_f, self._sample_forget)
+        return self.mask.refresh(self.gen, self.sched, self.draws, self.task.forget, x_f)
 
     def _clip(self, tensors) -> None:
         if self.s["grad_clip_value"] is not None:
@@ -277,7 +272,7 @@ class Unlearner:
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, generator_ema prefix)`` of every checkpoint of a run, by step (for curves over steps)."""
-    return RunFolder(out_dir, "", "").checkpoints("generator_ema")
+    return checkpoints(out_dir, "generator_ema")
 
 
 def run_unlearning(
