@@ -86,6 +86,43 @@ class RunFolder:
         log.info("%s: resumed from %s at step %d", self.what, prev, meta["step"])
         return tensors, meta, prev
 
+    def begin(self, trainer, max_step: int, fields: Iterable[str], expect: dict | None = None):
+        """Resume ``trainer`` (``.load_state(tensors, sidecar)``, ``.step``) from the newest state when
+        there is one, then open the running log. Returns ``(log, wall_clock_before, resumed_from)``:
+        the training wall-clock recorded by the state (0 for a fresh run) and its path (or None)."""
+        resumed = self.resume(max_step, expect=expect)
+        wall, prev = 0.0, None
+        if resumed is not None:
+            tensors, meta, path = resumed
+            trainer.load_state(tensors, meta)
+            wall, prev = meta.get("wall_clock_s", 0.0), str(path)
+        csv_log = self.open_log(fields, trainer.step)
+        if trainer.step and csv_log.rows != trainer.step:
+            log.warning("%s: log.csv holds %d rows for %d steps (rows of an earlier attempt were lost)", self.what,
+                        csv_log.rows, trainer.step)
+        return csv_log, wall, prev
+
+    def cached(self, name: str, compute, expect: dict | None = None, device: str = "cpu") -> tuple[dict, dict]:
+        """``(tensors, sidecar)`` a run computes once before its loop (SA's replay and Fisher, SalUn's
+        mask), kept as ``ckpt/<name>`` so a resumed run reloads instead of recomputing.
+
+        ``compute()`` returns ``(tensors, meta)``; the file records the config hash and ``expect``
+        and is refused (:class:`ResumeRefused`) when they differ."""
+        prefix = self.ckpt_dir / name
+        if prefix.with_suffix(".json").is_file():
+            meta = io.read_json(prefix.with_suffix(".json"))
+            wanted = {"config_hash": self.config_hash, **(expect or {})}
+            diff = [k for k in wanted if meta.get(k) != wanted[k]]
+            if diff:
+                self.refuse(prefix, "it was written under another configuration ("
+                            + "; ".join(f"{k} {meta.get(k)} in the file, {wanted[k]} now" for k in diff) + ")")
+            tensors, meta = io.load_checkpoint(prefix, device=device)
+            log.info("%s: reloaded %s", self.what, prefix)
+            return tensors, meta
+        tensors, meta = compute()
+        io.save_checkpoint(prefix, tensors, {**meta, **(expect or {}), "config_hash": self.config_hash})
+        return tensors, io.read_json(prefix.with_suffix(".json"))
+
     def refuse(self, prev: Path, why: str):
         raise ResumeRefused(
             f"{self.what}: refusing to resume from {prev}.json: {why}. Restore that configuration, or move "
@@ -118,6 +155,33 @@ class RunFolder:
         with io.atomic_path(dst) as tmp:
             shutil.copyfile(self.ckpt_dir / "log.csv", tmp)
         return dst
+
+
+def drive(train_step, start: int, total: int, steps: int, csv_log: "CsvLog", *, log_every: int,
+          checkpoint_every: int, on_log, on_checkpoint, desc: str) -> int:
+    """The step loop every resumable trainer shares: ``train_step()`` (returns the log row, with its
+    ``step``) from ``start`` until ``total``, each row written to ``csv_log``; ``on_log(row)`` (returns a
+    progress-bar note) every ``log_every`` steps and at the end, ``on_checkpoint(step)`` every
+    ``checkpoint_every`` steps and at the run's last step ``steps``. Closes the log; returns the step
+    reached (``total < steps`` stops early without the final checkpoint, e.g. to test resumption)."""
+    from tqdm import tqdm
+
+    step = start
+    bar = tqdm(total=total, initial=min(start, total), desc=desc, unit="it", mininterval=5, dynamic_ncols=True)
+    try:
+        while step < total:
+            row = train_step()
+            csv_log.write(row)
+            bar.update(1)
+            step = row["step"]
+            if step % log_every == 0 or step == total:
+                bar.set_postfix_str(on_log(row))
+            if step % checkpoint_every == 0 or step == steps:
+                on_checkpoint(step)
+    finally:
+        bar.close()
+        csv_log.close()
+    return step
 
 
 def checkpoints(out_dir: str | Path, name: str) -> list[tuple[int, Path]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pecker.config import ConfigError, config_hash, dataset_config, resolve, validate, write_resolved  # noqa: F401
 from pecker.unlearn.settings import BOOKKEEPING as UNLEARN_BOOKKEEPING
-from pecker.unlearn.settings import method_settings
+from pecker.unlearn.settings import MULTI_STEP, method_kind, method_seeds, method_settings
 
 TEACHER_BOOKKEEPING = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample")
 
@@ -69,9 +69,13 @@ def stage_config(ds: dict, stage: str, *, method: str | None = None, seed: int |
             raise ConfigError("the unlearn stage hash needs a method and a seed (--method, --seed)")
         if not ds.get("unlearn"):
             raise ConfigError(f"config key 'datasets.{dataset}.unlearn' is missing")
-        s = method_settings(ds["unlearn"], method, dataset)
-        return {"data": ds.get("data"), "unet": ds.get("unet"), "diffusion": ds.get("diffusion"),
-                "unlearn": {k: v for k, v in s.items() if k not in UNLEARN_BOOKKEEPING}, "seed": int(seed)}
+        s = method_settings(ds["unlearn"], method, dataset, ds.get("teacher"))
+        skip = UNLEARN_BOOKKEEPING + (TEACHER_BOOKKEEPING if s.get("kind") == "retrain" else ())
+        out = {"data": ds.get("data"), "unet": ds.get("unet"), "diffusion": ds.get("diffusion"),
+               "unlearn": {k: v for k, v in s.items() if k not in skip}, "seed": int(seed)}
+        if s.get("init_from"):  # stage 2 of SFD-Two-Stage: stage 1's generator enters through its sha256
+            out["init_from"] = s["init_from"]
+        return out
     raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
 
 
@@ -88,17 +92,34 @@ def stage_hash(cfg: dict, dataset: str, stage: str, *, method: str | None = None
 # ----------------------------------------------------------------------------- runs and targets
 
 
-def configured_runs(cfg: dict) -> list[tuple[str, str, int]]:
-    """``(dataset, method, seed)`` of every configured unlearning run."""
+def configured_runs(cfg: dict, kinds: tuple[str, ...] | None = None) -> list[tuple[str, str, int]]:
+    """``(dataset, method, seed)`` of every configured unlearning run (of ``kinds`` only, if given)."""
     return [(name, m, seed) for name, ds in sorted(cfg["datasets"].items()) if ds.get("unlearn")
-            for m in ds["unlearn"]["methods"] for seed in ds["unlearn"]["seeds"]]
+            for m in ds["unlearn"]["methods"] if kinds is None or method_kind(ds["unlearn"], m) in kinds
+            for seed in method_seeds(ds["unlearn"], m)]
+
+
+def methods_of_kinds(cfg: dict, kinds: tuple[str, ...]) -> list[str]:
+    """Names of the configured methods of ``kinds``, over all datasets (a rule's wildcard set).
+
+    Raises :class:`ConfigError` when one name is a one-step method in one dataset and a multi-step
+    baseline in another (the two write different files)."""
+    seen: dict[str, str] = {}
+    for name, ds in sorted(cfg["datasets"].items()):
+        for m in (ds.get("unlearn") or {}).get("methods") or {}:
+            k = method_kind(ds["unlearn"], m)
+            if m in seen and (seen[m] in MULTI_STEP) != (k in MULTI_STEP):
+                raise ConfigError(f"config key 'datasets.{name}.unlearn.methods.{m}': kind {k!r} here, {seen[m]!r} "
+                                  "in another dataset; give the methods different names")
+            seen[m] = k
+    return sorted(m for m, k in seen.items() if k in kinds)
 
 
 def unlearn_settings(cfg: dict, dataset: str, method: str) -> dict:
     ds = dataset_config(cfg, dataset)
     if not ds.get("unlearn"):
         raise ConfigError(f"config key 'datasets.{dataset}.unlearn' is missing")
-    return method_settings(ds["unlearn"], method, dataset)
+    return method_settings(ds["unlearn"], method, dataset, ds.get("teacher"))
 
 
 def checkpoint_steps(cfg: dict, dataset: str, method: str) -> list[int]:

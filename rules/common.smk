@@ -13,6 +13,13 @@ except pwf.ConfigError as err:
     raise WorkflowError(str(err))
 
 RESULTS = config["results_dir"]
+# One-step methods (the SFD loop: sfd, pecker, variants, SFD-Two-Stage) and multi-step baselines
+# (retrain, sa, salun) write different files, so their rules match disjoint method names.
+try:
+    SFD_METHODS = pwf.methods_of_kinds(config, ("sfd",))
+    BASELINE_METHODS = pwf.methods_of_kinds(config, pwf.MULTI_STEP)
+except pwf.ConfigError as err:
+    raise WorkflowError(str(err))
 DATA = config["data_dir"]
 DATASETS = sorted(config["datasets"])
 
@@ -66,26 +73,62 @@ def all_targets():
 
 
 def eval_jsons(dataset):
-    """Every metric JSON of a dataset (teacher, each run's checkpoints and final generator)."""
+    """Every metric JSON of a dataset: the teacher, each SFD-loop run's checkpoints and final
+    generator, each baseline's final model (baselines are not evaluated along the way).
+    """
     out = [f"{RESULTS}/{dataset}/eval/teacher/seed0/final.json"]
     for ds, m, seed in pwf.configured_runs(config):
         if ds == dataset:
-            out += [
-                f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}.json"
-                for st in pwf.checkpoint_steps(config, ds, m)
-            ]
+            if m in SFD_METHODS:
+                out += [
+                    f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}.json"
+                    for st in pwf.checkpoint_steps(config, ds, m)
+                ]
             out.append(f"{RESULTS}/{ds}/eval/{m}/seed{seed}/final.json")
     return out
 
 
 def eval_grids(dataset):
-    """The Fig. 2 sample grids of a dataset, one per saved checkpoint."""
+    """The Fig. 2 sample grids of a dataset, one per saved checkpoint of the SFD-loop runs."""
     return [
         f"{RESULTS}/{ds}/eval/{m}/seed{seed}/step{st:07d}_grid.npz"
-        for ds, m, seed in pwf.configured_runs(config)
+        for ds, m, seed in pwf.configured_runs(config, kinds=("sfd",))
         if ds == dataset
         for st in pwf.checkpoint_steps(config, ds, m)
     ]
+
+
+def method_settings(w):
+    return pwf.unlearn_settings(config, w.dataset, w.method)
+
+
+def init_run(w):
+    """Stage 1's final generator for a method with init_from (SFD-Two-Stage), else nothing."""
+    init = method_settings(w).get("init_from")
+    if not init:
+        return []
+    return f"{RESULTS}/{w.dataset}/unlearn/{init}/seed{w.seed}/generator_ema.json"
+
+
+def baseline_inputs(w):
+    """What a baseline reads: the EMA teacher (SA), the raw teacher (SA, SalUn), the data (Retrain, SalUn)."""
+    kind = method_settings(w)["kind"]
+    teacher = f"{RESULTS}/{w.dataset}/teacher"
+    out = {}
+    if kind == "sa":
+        out["teacher"] = f"{teacher}/ema.json"
+    if kind in ("sa", "salun"):
+        out["teacher_raw"] = f"{teacher}/model.json"
+    if kind in ("retrain", "salun"):
+        out["data"] = f"{DATA}/{w.dataset}/train.npz"
+    return out
+
+
+def _alternatives(names):
+    """A wildcard constraint matching exactly ``names`` (nothing when empty)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!x)x"
 
 
 def unlearn_steps(wildcards):

@@ -2,6 +2,7 @@
 #   teacher                      -> eval/teacher/seed0/final.json
 #   every saved checkpoint       -> eval/{method}/seed{seed}/step{NNNNNNN}.json (+ _grid.npz, Fig. 2)
 #   final EMA generator          -> eval/{method}/seed{seed}/final.json (Table 1 sample counts)
+#   a baseline's final model     -> eval/{method}/seed{seed}/final.json (multi-step, evaluate.teacher_sampler)
 
 
 EVAL_INPUTS = dict(
@@ -11,8 +12,8 @@ EVAL_INPUTS = dict(
 )
 
 
-# the teacher's result path also matches evaluate_final's pattern (method "teacher")
-ruleorder: evaluate_teacher > evaluate_final
+# the teacher's result path also matches the patterns of evaluate_baseline and evaluate_final
+ruleorder: evaluate_teacher > evaluate_baseline > evaluate_final
 
 
 rule reference_features:
@@ -68,6 +69,38 @@ rule evaluate_teacher:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind teacher"
         " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference} --method teacher"
         " --seed 0 --final --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_baseline:
+    input:
+        **EVAL_INPUTS,
+        model=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/unet.json",
+    output:
+        f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/final.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_{{method}}_seed{{seed}}_final.tsv"
+    wildcard_constraints:
+        method=_alternatives(BASELINE_METHODS),
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("evaluate"),
+        prefix=lambda w, input: Path(input.model).with_suffix(""),
+        clf=lambda w, input: Path(input.classifier).with_suffix(""),
+        data=lambda w, input: Path(input.data).parent,
+    shell:
+        "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind diffusion"
+        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --method {wildcards.method} --seed {wildcards.seed} --final --out {output} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule evaluate_checkpoint:

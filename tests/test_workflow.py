@@ -44,7 +44,15 @@ def test_test_config_runs_end_to_end(tmp_path):
                  "figures/fig2_mnist-tiny.png", "figures/fig3_mnist-tiny.pdf"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "tables" / "table1.csv").read_text()
-    assert all(m in table for m in ("teacher", "sfd", "pecker")), table
+    rows = {line.split(",")[1] for line in table.splitlines()[1:]}
+    assert rows == {"teacher", "retrain", "sa", "salun", "sfd", "sfd_stage1", "sfd_two_stage", "pecker"}, table
+    # the baselines: multi-step models, sampled as the teacher is, with their data-free flag
+    for method, free in (("retrain", False), ("sa", True), ("salun", False), ("sfd_two_stage", True)):
+        rec = json.loads((res / "eval" / method / "seed0" / "final.json").read_text())
+        assert rec["data_free"] is free and rec["kind"] == ("generator" if method == "sfd_two_stage" else "diffusion")
+        assert rec["provenance"]["git"] and rec["checkpoint"]["sha256"], method
+    # the baselines are Table 1 rows, not ablation variants of PECKER
+    assert "No ablation runs" in (out / "tables" / "ablation.md").read_text()
     audit = json.loads((out / "tables" / "audit.json").read_text())
     assert audit["cells"] and not audit["summary"]["missing_provenance"], audit["summary"]
     check_recorded_hashes(tmp_path)
@@ -84,7 +92,11 @@ def check_recorded_hashes(workdir: Path) -> None:
     }
     for stage, values in recorded.items():
         assert values and set(values) == {printed(stage)}, (stage, values)
-    for method in ("sfd", "pecker"):
+    for method in ("retrain", "sa", "salun"):
+        run = res / "unlearn" / method / "seed0"
+        values = [load(run / "unet.json")["config_hash"]] + [load(p)["config_hash"] for p in (run / "ckpt").glob("step*/*.json")]
+        assert len(values) > 1 and set(values) == {printed("unlearn", "--method", method, "--seed", "0")}, method
+    for method in ("sfd", "pecker", "sfd_two_stage"):
         run = res / "unlearn" / method / "seed0"
         values = [load(run / "generator_ema.json")["config_hash"]]
         values += [load(p)["config_hash"] for p in sorted((run / "ckpt").glob("step*/*.json"))]
@@ -106,6 +118,11 @@ def test_paper_configs_dry_run(tmp_path, cfg):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "train_teacher" in res.stdout and "train_classifier" in res.stdout
+    # Table 1: every baseline is a job with its evaluation (SFD-Two-Stage in the STL-10 config)
+    methods = {"retrain", "sa", "salun", "sfd", "pecker"} | ({"sfd_stage1", "sfd_two_stage"} if cfg == "stl10.yaml" else set())
+    for m in methods:
+        assert f"method={m}, seed=0" in res.stdout, m
+    assert "rule unlearn_baseline:" in res.stdout and "rule evaluate_baseline:" in res.stdout
 
 
 def test_ablation_overlay_adds_one_run_per_variant_and_seed(tmp_path):

@@ -61,3 +61,13 @@ def eps_pred(model, z: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.
 def x0_pred(model, sched: Schedule, z: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
     """Tweedie x0-estimate ``(z_t - s_t eps(z_t, t, c)) / a_t``."""
     return sched.x0_from_eps(z, t, eps_pred(model, z, t, cond))
+
+
+def draw_timesteps(n: int, T: int, generator: torch.Generator, antithetic: bool = False) -> torch.Tensor:
+    """``n`` timesteps uniform on ``{0, ..., T - 1}`` from the CPU ``generator``; ``antithetic``: the
+    first ``ceil(n / 2)`` are drawn and the rest are their mirror images ``T - 1 - t`` (the official
+    DDPM / SA / SalUn code's draw)."""
+    if not antithetic:
+        return torch.randint(0, T, (n,), generator=generator)
+    half = torch.randint(0, T, ((n + 1) // 2,), generator=generator)
+    return torch.cat([half, T - 1 - half])[:n]

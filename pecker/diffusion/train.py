@@ -90,15 +90,26 @@ def train_teacher(
     out_dir: str | Path,
     device: torch.device,
     max_steps: int | None = None,
+    *,
+    tcfg: dict | None = None,
+    exclude_class: int | None = None,
+    config_hash: str | None = None,
+    what: str = "teacher",
+    names: tuple[str, str] = ("model", "ema"),
+    extra_meta: dict | None = None,
 ) -> dict:
     """Train (or resume) the teacher; return the final EMA sidecar. ``max_steps`` stops early
     (used to test resumption) without writing final outputs. Raises
     :class:`pecker.runs.ResumeRefused` when ``out_dir`` holds a state of another configuration or
-    data file."""
-    tcfg = ds_cfg["teacher"]
-    chash = ds_stage_hash(ds_cfg, "teacher")
-    run = RunFolder(out_dir, chash, "teacher", keep=tcfg["keep_checkpoints"])
-    rec = Recorder("teacher.train", chash, seeds={"teacher": tcfg["seed"]})
+    data file.
+
+    The Retrain baseline (:mod:`pecker.unlearn.baselines.retrain`) is this recipe with its own
+    settings ``tcfg``, the images of ``exclude_class`` left out, its own ``config_hash``, the final
+    files named ``names`` (raw, EMA) and ``extra_meta`` in their sidecars."""
+    tcfg = ds_cfg["teacher"] if tcfg is None else tcfg
+    chash = ds_stage_hash(ds_cfg, "teacher") if config_hash is None else config_hash
+    run = RunFolder(out_dir, chash, what, keep=tcfg["keep_checkpoints"])
+    rec = Recorder(f"{what.split()[0]}.train", chash, seeds={what.split()[0]: tcfg["seed"]})
     torch.manual_seed(tcfg["seed"])
     np.random.seed(tcfg["seed"])
 
@@ -109,6 +120,10 @@ def train_teacher(
             f"{data_dir}: images are {images.shape[1:]}, config datasets.*.data asks for {(res, res, ch)}"
         )
     inputs = {"data_sha256": io.sha256_file(Path(data_dir) / "train.npz")}
+    if exclude_class is not None:
+        keep = labels != exclude_class
+        images, labels = images[keep], labels[keep]
+        log.info("%s: %d images of class %d left out, %d kept", what, int((~keep).sum()), exclude_class, len(labels))
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
     model = build_unet(ds_cfg["unet"], ds_cfg["data"]).to(device)
@@ -118,7 +133,7 @@ def train_teacher(
     sched = Schedule(make_scheduler(ds_cfg["diffusion"]), device)
     sampler = EpochSampler(len(images_t), tcfg["batch_size"], tcfg["seed"])
     noise_gen = torch.Generator().manual_seed(tcfg["seed"] + 1)
-    log.info("teacher: %s parameters, %d images, device %s", f"{n_params(model):,}", len(images_t), device)
+    log.info("%s: %s parameters, %d images, device %s", what, f"{n_params(model):,}", len(images_t), device)
 
     step, prev = 0, None
     resumed = run.resume(tcfg["steps"], expect=inputs)
@@ -136,7 +151,7 @@ def train_teacher(
 
     total = tcfg["steps"] if max_steps is None else min(max_steps, tcfg["steps"])
     model.train()
-    bar = tqdm(total=total, initial=step, desc="teacher", unit="it", mininterval=5, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=what, unit="it", mininterval=5, dynamic_ncols=True)
     t_last, last_logged = time.perf_counter(), step
     try:
         while step < total:
@@ -177,7 +192,7 @@ def train_teacher(
                 bar.set_postfix(loss=f"{float(loss):.4f}")
                 log.info("step %d loss %.4f grad_norm %.3f", step, float(loss), float(gnorm))
             if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"teacher loss is {float(loss)} at step {step}")
+                raise FloatingPointError(f"{what} loss is {float(loss)} at step {step}")
             if step % tcfg["checkpoint_every"] == 0 or step == total:
                 tensors, meta = _state(model, ema, opt, sampler, noise_gen)
                 run.save_state(step, tensors, {**meta, **inputs})
@@ -190,15 +205,18 @@ def train_teacher(
     meta = {
         "kind": "teacher", "step": step, "images_seen": step * tcfg["batch_size"],
         "config_hash": chash, "dataset_meta": {k: data_meta.get(k) for k in ("source", "class_names", "resolution")},
-        **inputs,
+        **inputs, **(extra_meta or {}),
     }
     prov = rec.finish(resumed_from=str(prev) if prev else None)
+    meta["wall_clock_s"] = prov["wall_clock_s"]  # this attempt's (the log's sec_per_step covers resumes)
     run.finish_log()
-    save_unet(run.out_dir / "model", model, {**meta, "weights": "raw", "provenance": prov})
+    raw_name, ema_name = names
+    save_unet(run.out_dir / raw_name, model, {**meta, "weights": "raw", "provenance": prov})
     ema_model = build_unet(ds_cfg["unet"], ds_cfg["data"])
     ema_model.load_state_dict(ema_state_dict(model, ema))
-    save_unet(run.out_dir / "ema", ema_model, {**meta, "weights": "ema", "ema_decay": tcfg["ema_decay"], "provenance": prov})
-    return io.read_json(run.out_dir / "ema.json")
+    save_unet(run.out_dir / ema_name, ema_model, {**meta, "weights": "ema", "ema_decay": tcfg["ema_decay"],
+                                                  "provenance": prov})
+    return io.read_json(run.out_dir / f"{ema_name}.json")
 
 
 def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:

@@ -83,8 +83,9 @@ def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
 
 @evaluate.command()
 @clitools.config_options
-@click.option("--kind", type=click.Choice(["generator", "teacher"]), required=True,
-              help="generator: a one-step SFD/PECKER checkpoint; teacher: the multi-step DDPM.")
+@click.option("--kind", type=click.Choice(["generator", "teacher", "diffusion"]), required=True,
+              help="generator: a one-step SFD/PECKER checkpoint; teacher: the multi-step teacher DDPM; diffusion: "
+                   "a multi-step DDPM that unlearned (Retrain, SA, SalUn), sampled as the teacher is.")
 @click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
 @click.option("--classifier", "classifier_prefix", required=True, type=click.Path(dir_okay=False))
@@ -120,7 +121,7 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     rec = Recorder("evaluate.model", workflow.stage_hash(cfg, dataset, "evaluate"),
                    seeds={"evaluate": ds["evaluate"]["seed"]})
-    if kind == "generator":
+    if kind in ("generator", "diffusion"):
         check_generator_sidecar(prefix, ds)
     draw, cmeta = model_drawer(kind, prefix, ds, device)
     res = evaluate_model(ds, dataset, draw, classifier_prefix=classifier_prefix, data_dir=data_dir,
@@ -140,7 +141,8 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
         "final": final,
         "kind": kind,
         "images_seen": cmeta.get("images_seen"),
-        "data_free": kind == "generator",
+        # recorded by the run (SFD: false with mask.source real; Retrain, SalUn: false); older generators: true
+        "data_free": cmeta.get("data_free", kind == "generator"),
         **res,
         "checkpoint": {"path": str(prefix), "sha256": cmeta["sha256"], "config_hash": cmeta.get("config_hash")},
         "training": training,

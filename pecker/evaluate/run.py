@@ -154,13 +154,13 @@ def model_drawer(kind: str, prefix: str | Path, ds_cfg: dict, device: torch.devi
 
         gen, meta = load_generator(prefix, device=device)
         return (lambda y, g: sample_generator(gen, y, g)), meta
-    if kind == "teacher":
+    if kind in ("teacher", "diffusion"):  # a multi-step DDPM: the teacher, or a baseline's result
         unet, meta = load_unet(prefix, device=device)
         unet.eval()
         ddpm = make_scheduler(ds_cfg["diffusion"])
         s = ds_cfg["evaluate"]["teacher_sampler"]
         return (lambda y, g: sample_batch(unet, ddpm, y, g, s["sampler"], s["steps"], s["guidance_scale"])), meta
-    raise ValueError(f"unknown model kind {kind!r} (generator | teacher)")
+    raise ValueError(f"unknown model kind {kind!r} (generator | teacher | diffusion)")
 
 
 def substitutes(dataset: str, ds_cfg: dict, classifier_meta: dict, is_source: str) -> list[str]:

@@ -20,7 +20,7 @@ import seaborn as sns  # noqa: E402
 
 from pecker import io  # noqa: E402
 from pecker.report import stats  # noqa: E402
-from pecker.report.results import MAIN_METHODS, TEACHER, curves, load_grid, order_methods  # noqa: E402
+from pecker.report.results import BASELINES, MAIN_METHODS, TEACHER, curves, load_grid, order_methods  # noqa: E402
 
 AXES_X = (("step", "training steps"), ("images_seen", "images seen"), ("wall_clock_s", "wall-clock (s)"))
 CURVE_METRICS = (("ua", "UA (%) ↑"), ("fid", "FID ↓"))
@@ -209,12 +209,12 @@ def figure3(df: pd.DataFrame, dataset: str, prefix: str | Path, methods: list[st
 
 def has_variants(df: pd.DataFrame, dataset: str) -> bool:
     methods = set(df[df["dataset"] == dataset]["method"])
-    return bool(methods - {TEACHER, *MAIN_METHODS})
+    return bool(methods - {TEACHER, *MAIN_METHODS, *BASELINES})
 
 
 def figure_ablation(df: pd.DataFrame, dataset: str, prefix: str | Path) -> list[Path]:
     """Final UA / FID / IS / precision per method (bars, sd over seeds), and UA / FID against steps."""
-    sub = df[(df["dataset"] == dataset) & (df["method"] != TEACHER)]
+    sub = df[(df["dataset"] == dataset) & ~df["method"].isin((TEACHER, *BASELINES))]
     title = f"Ablation ({dataset}): unlearning variants"
     if not has_variants(df, dataset):
         present = ", ".join(order_methods(sub["method"])) or "none"

@@ -22,6 +22,9 @@ METRICS = (
 )
 TEACHER = "teacher"
 MAIN_METHODS = ("sfd", "pecker")
+# Table 1's other rows (docs/method.md section 5): not ablation variants of PECKER
+BASELINES = ("retrain", "sa", "salun", "sfd_stage1", "sfd_two_stage")
+ROW_ORDER = (TEACHER, "retrain", "sa", "salun", "sfd", "sfd_stage1", "sfd_two_stage", "pecker")
 
 _PATH_RE = re.compile(r"(?P<dataset>[^/]+)/eval/(?P<method>[^/]+)/seed(?P<seed>\d+)/(?:step(?P<step>\d+)|final)\.json$")
 _GRID_RE = re.compile(r"(?P<dataset>[^/]+)/eval/(?P<method>[^/]+)/seed(?P<seed>\d+)/step(?P<step>\d+)_grid\.npz$")
@@ -49,9 +52,10 @@ def discover_grids(results_dir: str | Path, dataset: str) -> list[Path]:
 
 
 def order_methods(methods: Iterable[str]) -> list[str]:
-    """teacher, sfd, pecker, then the other methods (variants, baselines) alphabetically."""
+    """Table 1's order (teacher, retrain, sa, salun, sfd, sfd_stage1, sfd_two_stage, pecker), then the
+    other methods (variants) alphabetically."""
     methods = list(dict.fromkeys(methods))
-    first = [m for m in (TEACHER, *MAIN_METHODS) if m in methods]
+    first = [m for m in ROW_ORDER if m in methods]
     return first + sorted(m for m in methods if m not in first)
 
 

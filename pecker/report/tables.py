@@ -18,7 +18,7 @@ import pandas as pd
 
 from pecker import io
 from pecker.report import stats
-from pecker.report.results import MAIN_METHODS, TEACHER, order_methods
+from pecker.report.results import BASELINES, MAIN_METHODS, TEACHER, order_methods
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def build_table1(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 
 def ablation_datasets(table: pd.DataFrame) -> list[str]:
-    """Datasets with at least one unlearning method besides sfd and pecker."""
-    extra = table[~table["method"].isin((TEACHER, *MAIN_METHODS))]
+    """Datasets with at least one unlearning method besides sfd, pecker and the baselines."""
+    extra = table[~table["method"].isin((TEACHER, *MAIN_METHODS, *BASELINES))]
     return sorted(extra["dataset"].unique())
 
 
@@ -110,7 +110,8 @@ def method_settings_text(cfg: dict | None, dataset: str, method: str, reference:
 
 def build_ablation(table: pd.DataFrame, cfg: dict | None = None) -> pd.DataFrame:
     """The unlearning methods of the datasets that have variants, with their settings and UA / FID vs PECKER."""
-    keep = table[table["dataset"].isin(ablation_datasets(table)) & (table["method"] != TEACHER)].copy()
+    keep = table[table["dataset"].isin(ablation_datasets(table))
+                 & ~table["method"].isin((TEACHER, *BASELINES))].copy()
     keep.insert(2, "settings", [method_settings_text(cfg, r.dataset, r.method) for r in keep.itertuples()])
     for key in ("ua", "fid"):
         ref = keep[keep["method"] == "pecker"].set_index("dataset")[f"{key}_mean"]

@@ -10,6 +10,8 @@ per parameter tensor (``scope: per_layer``). The threshold is a k-th order stati
 ``once``, ``every_k``), its data source (``source``: ``generator``, ``teacher``, ``real``), its
 application to the generator's gradient (``apply_to``: ``forget`` or ``all``) and its state for
 resumption. The unlearning loop (:mod:`pecker.unlearn.trainer`) holds one, or none for SFD.
+SalUn's mask (:mod:`pecker.unlearn.baselines.salun`) is :func:`top_ratio_mask` of
+:func:`accumulated_gradients` over the real forget-class images: the same gradient and threshold code.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ def saliency_gradients(unet, sched, x: torch.Tensor, t: torch.Tensor, eps: torch
     loss = denoising_loss(unet, sched, x, t, eps, cond)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return loss.item(), [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
+
+
+def accumulated_gradients(unet, sched, batches, params: list[torch.Tensor], clip: float | None = None) -> list[torch.Tensor]:
+    """``sum_b clip(g_b)`` of the saliency gradients over ``batches`` of ``(x, t, eps, cond)`` (SalUn's
+    one pass over the real forget-class images), each batch's gradient scaled to total norm at most
+    ``clip`` before it is added (``None``: no clip). Its :func:`top_ratio_mask` is SalUn's mask."""
+    total = [torch.zeros_like(p) for p in params]
+    for x, t, eps, cond in batches:
+        _, grads = saliency_gradients(unet, sched, x, t, eps, cond, params)
+        if clip is not None:
+            norm = float(torch.nn.utils.get_total_norm(grads))
+            scale = min(1.0, clip / (norm + 1e-6))  # torch.nn.utils.clip_grad_norm_'s rule
+            grads = [g.mul_(scale) for g in grads]
+        for acc, g in zip(total, grads):
+            acc.add_(g)
+    return total
 
 
 def n_kept(n: int, ratio: float) -> int:

@@ -20,10 +20,12 @@ from pecker.diffusion.conditioning import ClassCondition, TextCondition
 
 class ClassForgetting:
     """Forget ``forget_class``, cover it with ``cover_class``, retain every other class of
-    ``num_classes``; ``null`` is the network's unconditional label."""
+    ``num_classes``; ``null`` is the network's unconditional label. ``retain_all`` draws the retain
+    labels over all classes, ``forget_class`` included (stage 1 of SFD-Two-Stage, a plain SiD
+    distillation when both forget coefficients are 0)."""
 
     def __init__(self, num_classes: int, forget_class: int, cover_class: int, null: int | None = None,
-                 device: torch.device | str = "cpu", where: str = "unlearn"):
+                 device: torch.device | str = "cpu", where: str = "unlearn", retain_all: bool = False):
         for key, value in (("forget_class", forget_class), ("cover_class", cover_class)):
             if not 0 <= value < num_classes:
                 raise ConfigError(f"config key '{where}.{key}': {value} is not in [0, {num_classes})")
@@ -31,7 +33,9 @@ class ClassForgetting:
             raise ConfigError(f"config key '{where}.cover_class': must differ from forget_class ({forget_class})")
         self.forget_class, self.cover_class, self.null = int(forget_class), int(cover_class), null
         self.device = torch.device(device)
-        self.retain_classes = torch.tensor([c for c in range(num_classes) if c != forget_class], dtype=torch.long)
+        self.retain_all = bool(retain_all)
+        self.retain_classes = torch.tensor([c for c in range(num_classes) if retain_all or c != forget_class],
+                                           dtype=torch.long)
 
     def forget(self, n: int) -> ClassCondition:
         return ClassCondition.full(n, self.forget_class, self.null, self.device)
@@ -48,8 +52,11 @@ class ClassForgetting:
 
     def describe(self) -> dict:
         """What the run forgets, recorded in every generator sidecar (checked by the evaluation)."""
-        return {"forget": {"type": "class", "label": self.forget_class},
-                "cover": {"type": "class", "label": self.cover_class}}
+        out = {"forget": {"type": "class", "label": self.forget_class},
+               "cover": {"type": "class", "label": self.cover_class}}
+        if self.retain_all:
+            out["retain"] = "all"
+        return out
 
 
 class PromptForgetting:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from pecker import io
 from pecker.config import ConfigError, dataset_config
@@ -35,7 +34,7 @@ from pecker.diffusion.conditioning import cat
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
-from pecker.runs import RunFolder, checkpoints
+from pecker.runs import RunFolder, checkpoints, drive
 from pecker.unlearn.generator import OneStepGenerator, copy_unet, save_generator
 from pecker.unlearn.losses import DenoiseTerm, ScoreTerm, denoising_terms, score_terms
 from pecker.unlearn.mask import SaliencyMask, build_pool
@@ -83,7 +82,7 @@ class Draws:
 def class_task(settings: dict, num_classes: int, teacher, device="cpu", where: str = "unlearn") -> ClassForgetting:
     """The class-forgetting task of a method's settings, with the teacher's null label."""
     return ClassForgetting(num_classes, settings["forget_class"], settings["cover_class"], null_label(teacher),
-                           device, where)
+                           device, where, retain_all=settings.get("retain", "others") == "all")
 
 
 class Unlearner:
@@ -236,6 +235,11 @@ class Unlearner:
         })
         return {k: row[k] for k in LOG_FIELDS}
 
+    def start_from(self, generator_state: dict[str, torch.Tensor]) -> None:
+        """Start theta and its EMA from another run's generator (stage 2 of SFD-Two-Stage)."""
+        self.gen.unet.load_state_dict(generator_state, strict=True)
+        self.ema = [p.detach().clone() for p in self.params]
+
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = io.prefixed("generator", self.gen.unet.state_dict())
@@ -270,6 +274,33 @@ class Unlearner:
 # ----------------------------------------------------------------------------- runs
 
 
+def stage_one(s: dict, init_dir: str | Path | None, teacher, device) -> dict:
+    """What stage 2 of SFD-Two-Stage takes from its finished stage-1 run folder ``init_dir``: the final
+    EMA generator's weights and, with ``stage2_teacher: fake_score``, the fake score of stage 1's
+    newest state as the teacher (None: the original teacher). Checksums are verified on load."""
+    if init_dir is None:
+        raise ConfigError(f"method {s['method']!r} starts from {s['init_from']!r} (init_from): pass its run folder (--init)")
+    init_dir = Path(init_dir)
+    gen_sd, gmeta = io.load_checkpoint(init_dir / "generator_ema", device=device)
+    if gmeta.get("method") != s["init_from"]:
+        raise ConfigError(f"{init_dir}/generator_ema.json is a run of {gmeta.get('method')!r}, "
+                          f"config key 'init_from' names {s['init_from']!r}")
+    out = {"generator": gen_sd, "teacher": None,
+           "inputs": {"init_from": s["init_from"], "init_sha256": gmeta["sha256"]}}
+    if s.get("stage2_teacher", "original") == "fake_score":
+        prefix = RunFolder(init_dir, "", "stage 1").latest_state()
+        if prefix is None:
+            raise FileNotFoundError(f"{init_dir}/ckpt holds no state with stage 1's fake score (stage2_teacher: fake_score)")
+        tensors, smeta = io.load_checkpoint(prefix, device=device)
+        if smeta.get("step") != gmeta.get("step"):
+            raise ValueError(f"{prefix}: state at step {smeta.get('step')}, the final generator at {gmeta.get('step')}")
+        fake = copy_unet(teacher)
+        fake.load_state_dict(io.unprefixed("fake_score", tensors), strict=True)
+        out["teacher"] = fake.eval().requires_grad_(False)
+        out["inputs"]["stage2_teacher_sha256"] = smeta["sha256"]
+    return out
+
+
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, generator_ema prefix)`` of every checkpoint of a run, by step (for curves over steps)."""
     return checkpoints(out_dir, "generator_ema")
@@ -285,11 +316,13 @@ def run_unlearning(
     device: torch.device | str = "cpu",
     data_dir: str | Path | None = None,
     max_steps: int | None = None,
+    init_dir: str | Path | None = None,
 ) -> dict:
     """Run (or resume) one unlearning run; returns the final generator_ema sidecar.
 
     ``max_steps`` stops after that many iterations in total without writing the final outputs
-    (used to test resumption). Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
+    (used to test resumption). ``init_dir``: the finished stage-1 run folder of a method with
+    ``init_from`` (SFD-Two-Stage). Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
     a state of another configuration or teacher.
     """
     ds = dataset_config(cfg, dataset)
@@ -298,6 +331,9 @@ def run_unlearning(
     s = method_settings(ds["unlearn"], method, dataset)
     device = torch.device(device)
     teacher, tmeta = load_unet(teacher_prefix, device=device)
+    init = stage_one(s, init_dir, teacher, device) if s.get("init_from") else None
+    if init is not None and init["teacher"] is not None:
+        teacher = init["teacher"]
     res, ch = ds["data"]["resolution"], ds["data"]["channels"]
     if (teacher.config.sample_size, teacher.config.in_channels) != (res, ch):
         raise ValueError(
@@ -313,19 +349,14 @@ def run_unlearning(
     task = class_task(s, ds["data"].get("num_classes", 10), teacher, device, f"datasets.{dataset}.unlearn")
     pool = build_pool(s, ds, teacher, task.forget, seed, device, data_dir) if s["mask"]["enabled"] else None
     unl = Unlearner(teacher, ds.get("diffusion") or {}, s, task, seed, device, pool)
+    inputs = {"teacher_sha256": tmeta["sha256"]}
+    if init is not None:
+        unl.start_from(init["generator"])
+        inputs.update(init["inputs"])
     log.info("unlearn %s seed %d on %s: generator %s parameters, device %s, config hash %s",
              method, seed, dataset, f"{n_params(unl.gen.unet):,}", device, chash)
 
-    inputs = {"teacher_sha256": tmeta["sha256"]}
-    resumed = run.resume(s["steps"], expect=inputs)
-    wall_before, resumed_from = 0.0, None
-    if resumed is not None:
-        tensors, meta, prev = resumed
-        unl.load_state(tensors, meta)
-        wall_before, resumed_from = meta.get("wall_clock_s", 0.0), str(prev)
-    csv_log = run.open_log(LOG_FIELDS, unl.step)
-    if unl.step and csv_log.rows != unl.step:
-        log.warning("log.csv holds %d rows for %d steps (rows of an earlier attempt were lost)", csv_log.rows, unl.step)
+    csv_log, wall_before, resumed_from = run.begin(unl, s["steps"], LOG_FIELDS, expect=inputs)
 
     t_start = time.perf_counter()
     diffusion = ds.get("diffusion") or {}
@@ -339,28 +370,19 @@ def run_unlearning(
         tensors, smeta = unl.state()
         run.save_state(step_, tensors, {**smeta, **common, "kind": "unlearn_state"})
 
-    if resumed is None:
+    if resumed_from is None:
         save(0)
 
     total = s["steps"] if max_steps is None else min(max_steps, s["steps"])
-    bar = tqdm(total=total, initial=min(unl.step, total), desc=f"unlearn {method} seed{seed}", unit="it",
-               mininterval=5, dynamic_ncols=True)
-    try:
-        while unl.step < total:
-            row = unl.train_step()
-            csv_log.write(row)
-            bar.update(1)
-            step = row["step"]
-            if step % s["log_every"] == 0 or step == total:
-                bar.set_postfix(psi=f"{row['loss_psi']:.3g}", theta=f"{row['loss_theta']:.3g}")
-                log.info("step %d loss_psi %.4g (r %.4g f %.4g) loss_theta %.4g (r %.4g f %.4g) mask %.3f %.2fs/it",
-                         step, row["loss_psi"], row["loss_psi_remember"], row["loss_psi_forget"], row["loss_theta"],
-                         row["loss_theta_remember"], row["loss_theta_forget"], row["mask_density"], row["step_time_s"])
-            if step % s["checkpoint_every"] == 0 or step == s["steps"]:
-                save(step)
-    finally:
-        bar.close()
-        csv_log.close()
+
+    def on_log(row):
+        log.info("step %d loss_psi %.4g (r %.4g f %.4g) loss_theta %.4g (r %.4g f %.4g) mask %.3f %.2fs/it",
+                 row["step"], row["loss_psi"], row["loss_psi_remember"], row["loss_psi_forget"], row["loss_theta"],
+                 row["loss_theta_remember"], row["loss_theta_forget"], row["mask_density"], row["step_time_s"])
+        return f"psi={row['loss_psi']:.3g}, theta={row['loss_theta']:.3g}"
+
+    drive(unl.train_step, unl.step, total, s["steps"], csv_log, log_every=s["log_every"],
+          checkpoint_every=s["checkpoint_every"], on_log=on_log, on_checkpoint=save, desc=f"unlearn {method} seed{seed}")
     if unl.step < s["steps"]:
         return {"step": unl.step, "finished": False}
 
@@ -371,7 +393,7 @@ def run_unlearning(
         "steps": unl.step, "step": unl.step, "images_seen": unl.step * unl.images_per_step,
         "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
         "forget_class": s["forget_class"], "cover_class": s["cover_class"], **task.describe(),
-        "settings": s, "teacher": str(teacher_prefix), "teacher_sha256": tmeta["sha256"], "provenance": prov,
+        "data_free": not (s["mask"]["enabled"] and s["mask"]["source"] == "real"), "settings": s, "teacher": str(teacher_prefix), **inputs, "provenance": prov,
     }
     run.finish_log()
     save_generator(run.out_dir / "generator_ema", unl.gen, diffusion, meta, unl.ema_state_dict())
