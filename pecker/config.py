@@ -97,8 +97,26 @@ def validate(cfg: dict, schema: dict | None = None) -> dict:
     return cfg
 
 
+def _nonfinite_keys(obj, where: str = "") -> Iterable[str]:
+    """Dotted keys of every NaN or infinite number in a config (JSON schema's bounds let them through)."""
+    import math
+
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _nonfinite_keys(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _nonfinite_keys(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        yield where
+
+
 def _check_semantics(cfg: dict) -> None:
     """Cross-key checks that JSON schema cannot express."""
+    bad = list(_nonfinite_keys(cfg))
+    if bad:
+        raise ConfigError(f"config key '{bad[0]}': must be a finite number"
+                          + (f" (also: {', '.join(bad[1:4])})" if len(bad) > 1 else ""))
     for name, ds in cfg.get("datasets", {}).items():
         unet = ds["unet"]
         n_levels = len(unet["channel_mult"])

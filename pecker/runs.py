@@ -34,6 +34,30 @@ class ResumeRefused(RuntimeError):
     """A resumable state exists but was written under another config or input."""
 
 
+class NonFiniteState(FloatingPointError):
+    """A trainer's state became NaN or inf; nothing is saved from it."""
+
+
+def nonfinite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    import torch
+
+    return [k for k, v in tensors.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+
+
+def seed_all(seed: int) -> None:
+    """Seed the global RNGs a run may touch (torch for dropout, numpy, python); the runs' own draws
+    come from their explicit generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def step_name(step: int) -> str:
     return f"step{int(step):07d}"
 
@@ -43,10 +67,12 @@ class RunFolder:
 
     ``config_hash`` is the stage hash the run is written under; ``what`` names the run in messages
     (e.g. ``"unlearn pecker seed 0"``); ``keep`` bounds the number of resumable states kept (None:
-    all; other files of a checkpoint are always kept).
+    all; other files of a checkpoint are always kept); ``hint`` says which config key to change when
+    the run diverges.
     """
 
-    def __init__(self, out_dir: str | Path, config_hash: str, what: str, keep: int | None = None):
+    def __init__(self, out_dir: str | Path, config_hash: str, what: str, keep: int | None = None, hint: str = ""):
+        self.hint = hint  # what to change when the run diverges (named in NonFiniteState)
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "ckpt"
         self.config_hash = config_hash
@@ -66,12 +92,35 @@ class RunFolder:
 
         Raises :class:`ResumeRefused` when the state was written under another config hash, when
         one of ``expect``'s entries (e.g. ``{"teacher_sha256": ...}``) differs from what the state
-        records, or when the state lies beyond ``max_step``.
+        records, or when the state lies beyond ``max_step``. A state whose tensors fail their checksum
+        or hold non-finite values is skipped for the one before it (with a warning).
         """
-        prev = self.latest_state()
-        if prev is None:
-            return None
-        meta = io.read_json(prev.with_suffix(".json"))
+        sidecars = sorted(self.ckpt_dir.glob(f"step*/{STATE}.json"), reverse=True)
+        for side in sidecars:  # newest first; an unreadable or non-finite state falls back to the one before
+            prev = side.with_suffix("")
+            try:
+                meta = io.read_json(side)
+            except (OSError, ValueError) as err:
+                log.warning("%s: skipping %s (unreadable sidecar: %s)", self.what, side, err)
+                continue
+            self._check_identity(prev, meta, max_step, expect)
+            try:
+                tensors, meta = io.load_checkpoint(prev, device=device)
+            except (io.ChecksumError, OSError, ValueError) as err:
+                log.warning("%s: skipping %s (%s); trying the state before it", self.what, prev, err)
+                continue
+            bad = nonfinite(tensors)
+            if bad:
+                log.warning("%s: skipping %s (non-finite values in %s); trying the state before it", self.what,
+                            prev, ", ".join(bad[:3]))
+                continue
+            log.info("%s: resumed from %s at step %d", self.what, prev, meta["step"])
+            return tensors, meta, prev
+        if sidecars:
+            log.warning("%s: no valid state among %d in %s; starting afresh", self.what, len(sidecars), self.ckpt_dir)
+        return None
+
+    def _check_identity(self, prev: Path, meta: dict, max_step: int, expect: dict | None) -> None:
         found = {"config hash": meta.get("config_hash")}
         wanted = {"config hash": self.config_hash}
         for key, value in (expect or {}).items():
@@ -82,9 +131,6 @@ class RunFolder:
             self.refuse(prev, f"it was written under another configuration ({what})")
         if meta.get("step", 0) > max_step:
             self.refuse(prev, f"it is at step {meta['step']}, beyond the configured {max_step} steps")
-        tensors, meta = io.load_checkpoint(prev, device=device)
-        log.info("%s: resumed from %s at step %d", self.what, prev, meta["step"])
-        return tensors, meta, prev
 
     def begin(self, trainer, max_step: int, fields: Iterable[str], expect: dict | None = None):
         """Resume ``trainer`` (``.load_state(tensors, sidecar)``, ``.step``) from the newest state when
@@ -130,11 +176,24 @@ class RunFolder:
         )
 
     def save_state(self, step: int, tensors: dict, meta: dict) -> Path:
-        """Write the resumable state of ``step`` (atomically, sidecar last), then prune old ones."""
+        """Write the resumable state of ``step`` (atomically, sidecar last), then prune old ones.
+
+        Raises :class:`NonFiniteState` (and writes nothing) when a tensor holds NaN or inf."""
+        self.check_finite(step, tensors)
         prefix = self.step_dir(step) / STATE
         io.save_checkpoint(prefix, tensors, {**meta, "step": step, "config_hash": self.config_hash})
         self.prune()
         return prefix
+
+    def check_finite(self, step: int, tensors: dict) -> None:
+        """Raise :class:`NonFiniteState` naming the step, the tensors and :attr:`hint` when a tensor
+        holds NaN or inf (call it before writing any file of a checkpoint)."""
+        bad = nonfinite(tensors)
+        if bad:
+            raise NonFiniteState(
+                f"{self.what}: non-finite values at step {step} in {', '.join(bad[:3])}"
+                f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; no state was written for this step"
+                f"{f' ({self.hint})' if self.hint else ''}")
 
     def prune(self) -> None:
         if self.keep is None:

@@ -20,7 +20,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
@@ -32,7 +31,7 @@ from pecker.diffusion.conditioning import ClassCondition
 from pecker.diffusion.schedule import Schedule, eps_pred, make_scheduler
 from pecker.diffusion.unet import build_unet, n_params, null_label, save_unet
 from pecker.provenance import Recorder
-from pecker.runs import RunFolder
+from pecker.runs import RunFolder, seed_all
 from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger("pecker.teacher")
@@ -108,10 +107,9 @@ def train_teacher(
     files named ``names`` (raw, EMA) and ``extra_meta`` in their sidecars."""
     tcfg = ds_cfg["teacher"] if tcfg is None else tcfg
     chash = ds_stage_hash(ds_cfg, "teacher") if config_hash is None else config_hash
-    run = RunFolder(out_dir, chash, what, keep=tcfg["keep_checkpoints"])
+    run = RunFolder(out_dir, chash, what, keep=tcfg["keep_checkpoints"], hint="lower config key 'teacher.lr'")
     rec = Recorder(f"{what.split()[0]}.train", chash, seeds={what.split()[0]: tcfg["seed"]})
-    torch.manual_seed(tcfg["seed"])
-    np.random.seed(tcfg["seed"])
+    seed_all(tcfg["seed"])
 
     images, labels, data_meta = load_prepared(data_dir)
     res, ch = ds_cfg["data"]["resolution"], ds_cfg["data"]["channels"]
@@ -192,7 +190,8 @@ def train_teacher(
                 bar.set_postfix(loss=f"{float(loss):.4f}")
                 log.info("step %d loss %.4f grad_norm %.3f", step, float(loss), float(gnorm))
             if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"{what} loss is {float(loss)} at step {step}")
+                raise FloatingPointError(f"{what} loss is {float(loss)} at step {step}: the run diverged (lower "
+                                         "config key 'teacher.lr'); no state was written for this step")
             if step % tcfg["checkpoint_every"] == 0 or step == total:
                 tensors, meta = _state(model, ema, opt, sampler, noise_gen)
                 run.save_state(step, tensors, {**meta, **inputs})

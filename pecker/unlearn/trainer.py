@@ -34,7 +34,7 @@ from pecker.diffusion.conditioning import cat
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
-from pecker.runs import RunFolder, checkpoints, drive
+from pecker.runs import RunFolder, checkpoints, drive, seed_all
 from pecker.unlearn.generator import OneStepGenerator, copy_unet, save_generator
 from pecker.unlearn.losses import DenoiseTerm, ScoreTerm, denoising_terms, score_terms
 from pecker.unlearn.mask import SaliencyMask, build_pool
@@ -96,7 +96,7 @@ class Unlearner:
     def __init__(self, teacher, diffusion_cfg: dict, settings: dict, task, seed: int,
                  device: torch.device | str = "cpu", mask_pool: torch.Tensor | None = None):
         self.s, self.device, self.seed, self.task = settings, torch.device(device), seed, task
-        torch.manual_seed(seed)
+        seed_all(seed)
         self.sched = Schedule(make_scheduler(diffusion_cfg or {}), self.device)
         T = self.sched.T
         if not (0 <= settings["t_min"] and settings["t_max"] <= T and settings["mask"]["t_max"] <= T):
@@ -226,7 +226,9 @@ class Unlearner:
         self.step += 1
         for key in ("loss_psi", "loss_theta"):
             if not math.isfinite(row[key]):
-                raise FloatingPointError(f"unlearning {key} is {row[key]} at step {self.step}")
+                raise FloatingPointError(f"unlearning {key} is {row[key]} at step {self.step}: the run diverged "
+                                         "(lower config key 'unlearn.lr_theta' / 'lr_psi'); no state was written "
+                                         "for this step")
         row.update({
             "step": self.step, "images_seen": self.step * self.images_per_step,
             "mask_density": self.mask.density if self.mask is not None else 1.0,
@@ -341,7 +343,9 @@ def run_unlearning(
             f"datasets.{dataset}.data asks for {ch}x{res}^2"
         )
     chash = ds_stage_hash(ds, "unlearn", method=method, seed=seed, dataset=dataset)
-    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"])
+    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"],
+                    hint=f"lower config key 'datasets.{dataset}.unlearn.lr_theta' / 'lr_psi' (or "
+                         f"'unlearn.methods.{method}.lr_theta' / 'lr_psi')")
     rec = Recorder("unlearn", chash, seeds={"unlearn": seed}, method=method, dataset=dataset)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -366,8 +370,9 @@ def run_unlearning(
         common = {"step": step_, "images_seen": step_ * unl.images_per_step, "config_hash": chash,
                   "method": method, "seed": seed, **task.describe(), **inputs,
                   "wall_clock_s": round(wall_before + time.perf_counter() - t_start, 3)}
-        save_generator(run.step_dir(step_) / "generator_ema", unl.gen, diffusion, common, unl.ema_state_dict())
         tensors, smeta = unl.state()
+        run.check_finite(step_, tensors)  # before any file of this checkpoint is written
+        save_generator(run.step_dir(step_) / "generator_ema", unl.gen, diffusion, common, unl.ema_state_dict())
         run.save_state(step_, tensors, {**smeta, **common, "kind": "unlearn_state"})
 
     if resumed_from is None:

@@ -62,7 +62,8 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
                              config_hash=chash, what=f"retrain seed{seed}", names=(f"{FINAL}_raw", FINAL),
                              extra_meta={**meta, "kind": "diffusion_model", "settings": s})
 
-    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"])
+    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"],
+                    hint=f"lower config key 'datasets.{dataset}.unlearn.methods.{method}.lr'")
     rec = Recorder("unlearn", chash, seeds={"unlearn": seed}, method=method, dataset=dataset)
     model, raw_meta = load_unet(teacher_raw_prefix, device=device)
     inputs = {"teacher_raw_sha256": raw_meta["sha256"]}

@@ -27,7 +27,7 @@ import torch
 from pecker import io
 from pecker.diffusion.unet import save_unet
 from pecker.provenance import Recorder
-from pecker.runs import RunFolder, drive
+from pecker.runs import RunFolder, drive, seed_all
 
 log = logging.getLogger("pecker.unlearn.baselines")
 
@@ -51,7 +51,7 @@ class FineTuner:
     (None: no EMA; the raw weights are the result)."""
 
     def __init__(self, model: torch.nn.Module, s: dict, seed: int, ema_init: dict[str, torch.Tensor] | None = None):
-        torch.manual_seed(seed)  # dropout
+        seed_all(seed)  # dropout (torch), numpy, python
         self.model, self.s = model.train().requires_grad_(True), s
         self.rng = torch.Generator().manual_seed(seed)
         self.names = [n for n, _ in model.named_parameters()]
@@ -65,7 +65,9 @@ class FineTuner:
         t0 = time.perf_counter()
         loss, terms = objective.loss(self.model, self.rng)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{self.s['method']} loss is {loss.item()} at step {self.step + 1}")
+            raise FloatingPointError(f"{self.s['method']} loss is {loss.item()} at step {self.step + 1}: the run "
+                                     f"diverged (lower config key 'unlearn.methods.{self.s['method']}.lr'); no state "
+                                     "was written for this step")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         objective.edit_gradients(self.params)
