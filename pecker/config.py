@@ -76,7 +76,12 @@ def _validator_with_defaults():
                     instance[name] = copy.deepcopy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
+    # JSON schema counts 2.0 as an integer; a float where a count is meant fails later in a job
+    def is_int(checker, instance):
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults},
+                                        type_checker=base.TYPE_CHECKER.redefine("integer", is_int))
 
 
 def validate(cfg: dict, schema: dict | None = None) -> dict:
@@ -132,6 +137,23 @@ def _check_semantics(cfg: dict) -> None:
                     f"config key 'datasets.{name}.unet.attention_resolutions': {r} is not one of "
                     f"the UNet's resolutions {[res // 2**i for i in range(n_levels)]}"
                 )
+        groups = unet.get("norm_num_groups", 32)
+        for m in unet["channel_mult"]:
+            if (unet["base_channels"] * m) % groups:
+                raise ConfigError(
+                    f"config key 'datasets.{name}.unet.norm_num_groups': {groups} does not divide the "
+                    f"{unet['base_channels'] * m} channels of a level (base_channels x channel_mult)"
+                )
+        diff = ds.get("diffusion") or {}
+        b0, b1 = diff.get("beta_start", 1e-4), diff.get("beta_end", 0.02)
+        if not b0 < b1 < 1:
+            raise ConfigError(f"config key 'datasets.{name}.diffusion.beta_end': need beta_start < beta_end < 1 "
+                              f"(got {b0}, {b1})")
+        ecfg = ds.get("evaluate") or {}
+        if ecfg.get("is_source") == "inception" and ecfg.get("extractor") != "inception-v3-compat":
+            raise ConfigError(f"config key 'datasets.{name}.evaluate.is_source': 'inception' needs Inception logits, "
+                              f"which extractor {ecfg.get('extractor')!r} does not have (use inception-v3-compat "
+                              "or is_source classifier)")
         unl = ds.get("unlearn")
         if unl:
             k = ds["data"]["num_classes"]
@@ -141,6 +163,24 @@ def _check_semantics(cfg: dict) -> None:
                         f"config key 'datasets.{name}.unlearn.{key}': {unl[key]} is not a class "
                         f"index in [0, {k})"
                     )
+            _check_unlearn(name, unl, ds, diff.get("num_train_timesteps", 1000))
+
+
+def _check_unlearn(name: str, unl: dict, ds: dict, T: int) -> None:
+    """Every method's settings resolve, and its timesteps lie within the schedule's ``T``."""
+    from pecker.unlearn.settings import method_settings
+
+    for method in unl.get("methods") or {}:
+        s = method_settings(unl, method, name, ds.get("teacher"))
+        if s.get("kind", "sfd") != "sfd":
+            continue
+        where = f"datasets.{name}.unlearn"
+        checks = (("t_init", s["t_init"] < T), ("t_max", s["t_max"] <= T),
+                  ("mask.t_max", s["mask"]["t_max"] <= T))
+        for key, ok in checks:
+            if not ok:
+                raise ConfigError(f"config key '{where}.{key}' (method {method}): beyond the schedule's "
+                                  f"{T} timesteps (datasets.{name}.diffusion.num_train_timesteps)")
 
 
 def resolve(

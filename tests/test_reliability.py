@@ -88,3 +88,29 @@ def test_identical_runs_write_identical_states(teacher, tmp_path):
 def test_nonfinite_numbers_are_config_errors(value):
     with pytest.raises(C.ConfigError, match=rf"config key 'datasets.{DS}.unlearn.lr_theta': (must be a finite number|-inf is less than)"):
         C.resolve([TEST_YAML], [f"datasets.{DS}.unlearn.lr_theta={value}"])
+
+
+# Each malformed config fails in validation (before any job), naming the key.
+MALFORMED = [
+    ("unlearn.t_init=1000", "unlearn.t_init"),
+    ("unlearn.t_max=1500", "unlearn.t_max"),
+    ("unlearn.methods.pecker.mask.t_max=2000", "unlearn.mask.t_max"),
+    ("unlearn.t_min=800", "unlearn.t_min"),
+    ("unet.norm_num_groups=6", "unet.norm_num_groups"),
+    ("unlearn.checkpoint_every=2.0", "unlearn.checkpoint_every"),
+    ("teacher.steps=30.0", "teacher.steps"),
+    ("diffusion.beta_end=1.5", "diffusion.beta_end"),
+    ("diffusion.beta_start=0.05", "diffusion.beta_end"),
+    ("evaluate.is_source=inception", "evaluate.is_source"),
+    ("unlearn.cover_class=0", "unlearn.cover_class"),
+    ("unlearn.forget_class=10", "unlearn.forget_class"),
+    ("teacher.lr=.nan", "teacher.lr"),
+    ("unlearn.methods.sa.fisher.timesteps=0", "fisher.timesteps"),
+    ("unlearn.methods.sfd_two_stage.init_from=sa", "init_from"),
+]
+
+
+@pytest.mark.parametrize("override, key", MALFORMED)
+def test_malformed_configs_fail_validation_naming_the_key(override, key):
+    with pytest.raises(C.ConfigError, match=key.replace(".", r"\.")):
+        C.resolve([TEST_YAML], [f"datasets.{DS}.{override}"])

@@ -103,10 +103,19 @@ def check_recorded_hashes(workdir: Path) -> None:
         assert len(values) > 3 and set(values) == {printed("unlearn", "--method", method, "--seed", "0")}, method
 
 
-def test_bad_config_fails_before_any_job(tmp_path):
-    res = snakemake(tmp_path, "-n", "--config", "device=tpu", check=False)
+@pytest.mark.parametrize("overlay, key", [
+    ("device: tpu", "config key 'device'"),
+    # JSON schema alone takes 2.0 for an integer; the parse used to crash on it with a traceback
+    ("datasets: {mnist-tiny: {unlearn: {checkpoint_every: 2.0}}}", "'datasets.mnist-tiny.unlearn.checkpoint_every': 2.0"),
+    ("datasets: {mnist-tiny: {unlearn: {t_init: 1000}}}", "unlearn.t_init"),
+])
+def test_bad_config_fails_before_any_job(tmp_path, overlay, key):
+    extra = tmp_path / "overlay.yaml"
+    extra.write_text(overlay + "\n")
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "test.yaml"), str(extra), check=False)
     assert res.returncode != 0
-    assert "config key 'device'" in res.stdout + res.stderr
+    assert key in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "results" / "mnist-tiny" / "teacher").exists()
 
 
