@@ -16,21 +16,17 @@ from pathlib import Path
 import torch
 
 from pecker.config import ConfigError, dataset_config
+from pecker.diffusion.conditioning import ClassCondition
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
 from pecker.runs import RunFolder
 from pecker.unlearn.baselines.finetune import FINAL, FineTuner, run_finetune
 from pecker.unlearn.settings import DATA_FREE, method_settings
+from pecker.unlearn.task import ClassForgetting
 from pecker.workflow import ds_stage_hash
 
 log = logging.getLogger("pecker.unlearn.baselines")
-
-
-def task_record(s: dict) -> dict:
-    """What a baseline forgets, as the evaluation checks it (no cover class is used by these methods)."""
-    return {"forget": {"type": "class", "label": int(s["forget_class"])},
-            "cover": {"type": "class", "label": int(s["cover_class"])}}
 
 
 def _hflip(s: dict, ds: dict) -> bool:
@@ -46,7 +42,9 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
     kind, device = s["kind"], torch.device(device)
     chash = ds_stage_hash(ds, "unlearn", method=method, seed=seed, dataset=dataset)
     meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "data_free": DATA_FREE[kind],
-            "forget_class": s["forget_class"], "cover_class": s["cover_class"], **task_record(s)}
+            "forget_class": s["forget_class"], "cover_class": s["cover_class"],
+            # what the evaluation checks (the same record as the SFD loop's task; these methods use no cover)
+            **ClassForgetting(ds["data"]["num_classes"], s["forget_class"], s["cover_class"]).describe()}
     need = {"retrain": ("data",), "sa": ("teacher", "teacher_raw"), "salun": ("teacher_raw", "data")}[kind]
     given = {"data": data_dir, "teacher": teacher_prefix, "teacher_raw": teacher_raw_prefix}
     missing = [k for k in need if given[k] is None]
@@ -90,7 +88,7 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
             ts = (lambda: torch.arange(sched.T)) if f["timesteps"] is None else (
                 lambda: torch.randperm(sched.T, generator=gen)[:f["timesteps"]])
             model.eval()
-            fisher = fisher_diagonal(model, sched, x, _labels(labels[idx], null, device),
+            fisher = fisher_diagonal(model, sched, x, ClassCondition(labels[idx].to(device), null),
                                      lambda shape: torch.randn(shape, generator=gen), ts, f["t_batch"])
             log.info("SA: replay %d samples, Fisher over %d (mean %.3g)", len(images), len(idx),
                      float(torch.cat([v.flatten() for v in fisher]).mean()))
@@ -129,9 +127,3 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
 
     tuner = FineTuner(model, s, seed, ema_init)
     return run_finetune(tuner, objective, run, rec, meta, inputs, max_steps)
-
-
-def _labels(labels: torch.Tensor, null: int, device):
-    from pecker.diffusion.conditioning import ClassCondition
-
-    return ClassCondition(labels.to(device), null)

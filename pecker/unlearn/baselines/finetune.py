@@ -28,6 +28,7 @@ from pecker import io
 from pecker.diffusion.unet import save_unet
 from pecker.provenance import Recorder
 from pecker.runs import RunFolder, drive, seed_all
+from pecker.unlearn.generator import copy_unet
 
 log = logging.getLogger("pecker.unlearn.baselines")
 
@@ -144,15 +145,7 @@ def run_finetune(tuner: FineTuner, objective: Objective, run: RunFolder, rec: Re
              "images_seen": tuner.step * objective.images_per_step, "wall_clock_s": round(wall, 3),
              "peak_memory": prov["memory"], "weights": "ema" if tuner.ema is not None else "raw",
              "settings": s, "provenance": prov}
-    model = tuner.model
-    state = tuner.result_state_dict()
-    save_unet(Path(run.out_dir) / FINAL, _with_weights(model, state), final)
+    result = copy_unet(tuner.model)
+    result.load_state_dict(tuner.result_state_dict(), strict=True)
+    save_unet(Path(run.out_dir) / FINAL, result, final)
     return io.read_json(Path(run.out_dir) / f"{FINAL}.json")
-
-
-def _with_weights(model, state):
-    import copy
-
-    out = copy.deepcopy(model)
-    out.load_state_dict(state, strict=True)
-    return out
