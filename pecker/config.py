@@ -2,7 +2,7 @@
 
 A config file holds global keys plus a ``datasets`` mapping, one entry per dataset, each with the
 sections ``data``, ``unet``, ``diffusion``, ``teacher``, ``classifier``, ... that the schema in
-``config/schema.yaml`` describes. Snakemake and the CLI both go through :func:`resolve`, so a wrong
+``pecker/schema/config.yaml`` describes. Snakemake and the CLI both go through :func:`resolve`, so a wrong
 key or type fails the same way, naming the offending key, before any job runs.
 """
 
@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "config.yaml"
 
 
 class ConfigError(ValueError):
@@ -149,6 +149,9 @@ def _check_semantics(cfg: dict) -> None:
         if not b0 < b1 < 1:
             raise ConfigError(f"config key 'datasets.{name}.diffusion.beta_end': need beta_start < beta_end < 1 "
                               f"(got {b0}, {b1})")
+        T = diff.get("num_train_timesteps", 1000)
+        _check_samplers(name, ds, T)
+        _check_teacher_file(name, ds.get("teacher") or {})
         ecfg = ds.get("evaluate") or {}
         if ecfg.get("is_source") == "inception" and ecfg.get("extractor") != "inception-v3-compat":
             raise ConfigError(f"config key 'datasets.{name}.evaluate.is_source': 'inception' needs Inception logits, "
@@ -163,7 +166,54 @@ def _check_semantics(cfg: dict) -> None:
                         f"config key 'datasets.{name}.unlearn.{key}': {unl[key]} is not a class "
                         f"index in [0, {k})"
                     )
-            _check_unlearn(name, unl, ds, diff.get("num_train_timesteps", 1000))
+            _check_unlearn(name, unl, ds, T)
+    _check_report(cfg)
+
+
+def _check_samplers(name: str, ds: dict, T: int) -> None:
+    """Every DDIM sampler takes at most the schedule's ``T`` steps (the scheduler refuses more, in a job)."""
+    where = f"datasets.{name}"
+    samplers = [("teacher.sample", (ds.get("teacher") or {}).get("sample")),
+                ("evaluate.teacher_sampler", (ds.get("evaluate") or {}).get("teacher_sampler"))]
+    for method, m in ((ds.get("unlearn") or {}).get("methods") or {}).items():
+        samplers.append((f"unlearn.methods.{method}.replay", (m or {}).get("replay")))
+        mask = (m or {}).get("mask") or {}
+        if mask.get("enabled") and mask.get("source") == "teacher" and mask.get("teacher_sampling_steps", 50) > T:
+            raise ConfigError(f"config key '{where}.unlearn.methods.{method}.mask.teacher_sampling_steps': "
+                              f"{mask['teacher_sampling_steps']} DDIM steps, beyond the schedule's {T} timesteps")
+    for key, s in samplers:
+        if s and s.get("sampler", "ddim") == "ddim" and s.get("steps", 50) > T:
+            raise ConfigError(f"config key '{where}.{key}.steps': {s['steps']} DDIM steps, beyond the schedule's "
+                              f"{T} timesteps ({where}.diffusion.num_train_timesteps)")
+
+
+def _check_teacher_file(name: str, teacher: dict) -> None:
+    """``teacher.source: file`` names the file (or where to fetch it) and its full sha256."""
+    if teacher.get("source") != "file":
+        return
+    f = teacher.get("file") or {}
+    where = f"datasets.{name}.teacher.file"
+    if not (f.get("path") or f.get("url")):
+        raise ConfigError(f"config key '{where}.path': teacher.source is file, but neither file.path nor file.url is set")
+    sha = str(f.get("sha256") or "")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+        raise ConfigError(f"config key '{where}.sha256': {f.get('sha256')!r} is not a full 64-digit sha256 (the file "
+                          "is verified against it before it is read)")
+
+
+def _check_report(cfg: dict) -> None:
+    """The efficiency table's reference methods are configured methods (else the report fails last)."""
+    rep = cfg.get("report") or {}
+    methods = {m for ds in cfg.get("datasets", {}).values() for m in ((ds.get("unlearn") or {}).get("methods") or {})}
+    if not methods:
+        return
+    if rep.get("reference_method", "sfd") not in methods:
+        raise ConfigError(f"config key 'report.reference_method': {rep.get('reference_method')!r} is not a configured "
+                          f"method ({', '.join(sorted(methods))})")
+    for method, ref in (rep.get("references") or {}).items():
+        for value in (method, ref):
+            if value not in methods:
+                raise ConfigError(f"config key 'report.references.{method}': {value!r} is not a configured method")
 
 
 def _check_unlearn(name: str, unl: dict, ds: dict, T: int) -> None:
@@ -216,14 +266,28 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def write_resolved(cfg: dict, dataset: str, path: str | Path) -> Path:
-    """Write the resolved config restricted to one dataset; rewrite only when content changes."""
-    from pecker.io import atomic_write_text
-
+def resolved_text(cfg: dict, dataset: str) -> str:
+    """The resolved config restricted to one dataset, as the YAML text the CLI reads."""
     sub = {k: v for k, v in cfg.items() if k != "datasets"}
     sub["datasets"] = {dataset: dataset_config(cfg, dataset)}
-    text = yaml.safe_dump(sub, sort_keys=True)
-    path = Path(path)
-    if not path.exists() or path.read_text() != text:
+    return yaml.safe_dump(sub, sort_keys=True)
+
+
+def resolved_path(cfg: dict, dataset: str, store: str | Path) -> Path:
+    """Where :func:`store_resolved` keeps this dataset's resolved config: ``store/<content hash>.yaml``.
+
+    The name is the hash of the content, so a file in the store never changes once written: an
+    invocation with another config (a dry run, a refused run, a concurrent run) gets another file
+    and can never change what a running job reads.
+    """
+    return Path(store) / f"{config_hash(resolved_text(cfg, dataset))}.yaml"
+
+
+def store_resolved(cfg: dict, dataset: str, store: str | Path) -> Path:
+    """Write the resolved config to its content-addressed path (atomically; once)."""
+    from pecker.io import atomic_write_text
+
+    path, text = resolved_path(cfg, dataset, store), resolved_text(cfg, dataset)
+    if not path.is_file() or path.read_text() != text:  # absent, or a truncated leftover
         atomic_write_text(path, text)
     return path

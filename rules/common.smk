@@ -30,16 +30,40 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-# One resolved config per dataset, rewritten only when its content changes; every rule passes it to
-# the CLI, and the hash of the sections a rule depends on is a param, so editing a section reruns
-# exactly the rules that depend on it.
+# One resolved config per dataset, passed to every CLI call. It lives at a content-addressed path
+# (results/<dataset>/configs/<hash>.yaml), written once, when the workflow starts executing (never
+# by a dry run or a run refused by the lock), so an invocation with another config can never change
+# what a job of a running workflow reads. The path is a param derived from the output (Snakemake
+# does not count derived params as rerun triggers): the stage hash param is the trigger, so editing
+# a section reruns exactly the rules that depend on it.
 RESOLVED = {
-    ds: str(pwf.write_resolved(config, ds, Path(RESULTS) / ds / "config.yaml"))
+    ds: str(pwf.resolved_path(config, ds, Path(RESULTS) / ds / "configs"))
     for ds in DATASETS
 }
 
 
-def resolved_config(wildcards):
+onstart:
+    for ds in DATASETS:
+        pwf.store_resolved(config, ds, Path(RESULTS) / ds / "configs")
+
+
+def refuse_dry_run_while_locked():
+    """A dry run while another instance holds this directory's lock exits non-zero (Snakemake only
+    warns): what it would report is being rewritten. Called while the DAG is built (the dry-run flag
+    is not known at parse time), from the input function of prepare_data, which every job depends on.
+    """
+    locks = Path(".snakemake") / "locks"
+    if workflow.dryrun and locks.is_dir() and any(locks.iterdir()):
+        raise WorkflowError(
+            f"another Snakemake instance holds the lock of this directory ({locks.resolve()}): a dry run now "
+            "would report against files that are being written. Rerun when it has finished, or run "
+            "`snakemake --unlock` if that instance was killed."
+        )
+    return []
+
+
+def resolved_config(wildcards, output):
+    """The dataset's resolved config (a function of ``output``: derived, so not a rerun trigger)."""
     return RESOLVED[wildcards.dataset]
 
 

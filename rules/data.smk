@@ -1,4 +1,7 @@
 rule prepare_data:
+    input:
+        # every job depends on this one, so the check runs whatever the targets
+        lambda w: refuse_dry_run_while_locked(),
     output:
         npz=f"{DATA}/{{dataset}}/train.npz",
         meta=f"{DATA}/{{dataset}}/meta.json",

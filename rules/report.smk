@@ -113,7 +113,7 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        cfgs=" ".join(f"--config {RESOLVED[ds]}" for ds in DATASETS),
+        cfgs=lambda w, output: " ".join(f"--config {RESOLVED[ds]}" for ds in DATASETS),
         report=config["report"],
         out=lambda w, output: Path(output.table1_csv).parent,
     shell:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +43,24 @@ def tiny_config(**teacher) -> dict:
     ds["unet"].update(base_channels=8, norm_num_groups=4)
     ds["teacher"].update(teacher)
     return ds
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """The Snakemake command line of the tests: this repo's workflow, run in ``workdir``, on 2 cores;
+    ``config/test.yaml`` unless ``args`` name other config files."""
+    cfg = [] if "--configfile" in args else ["--configfile", str(REPO / "config" / "test.yaml")]
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *cfg,
+            "--cores", "2", *args]
+
+
+def snakemake_env() -> dict:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                HF_HUB_OFFLINE="1")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    res = subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, env=snakemake_env(),
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+    return res

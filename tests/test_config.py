@@ -97,7 +97,7 @@ def test_workflow_parse_imports_no_torch(tmp_path):
         "import sys; from pecker import workflow as W\n"
         f"cfg = W.resolve([{str(REPO / 'config' / 'test.yaml')!r}]); W.configured_runs(cfg)\n"
         "[W.stage_hash(cfg, 'mnist-tiny', s, method='pecker', seed=0) for s in W.STAGES]\n"
-        f"W.write_resolved(cfg, 'mnist-tiny', {str(tmp_path / 'c.yaml')!r})\n"
+        f"W.store_resolved(cfg, 'mnist-tiny', {str(tmp_path)!r})\n"
         "assert 'torch' not in sys.modules, 'torch imported at parse time'\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

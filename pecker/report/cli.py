@@ -1,7 +1,7 @@
 """``pecker report tables|figures`` and ``pecker audit``.
 
     pecker report tables  --out-dir results/tables [--config CFG ...] results/*/eval/*/seed*/*.json
-    pecker report figures -d mnist --config results/mnist/config.yaml --out-dir results/figures \\
+    pecker report figures -d mnist --config results/mnist/configs/<hash>.yaml --out-dir results/figures \\
                           results/mnist/eval/*/seed*/*.json results/mnist/eval/*/seed*/*_grid.npz
     pecker audit --table results/tables/table1.csv --table results/tables/ablation.csv \\
                  --out-md results/tables/audit.md --out-json results/tables/audit.json JSON...
@@ -45,7 +45,7 @@ def report() -> None:
 @FILES
 @RESULTS_DIR
 @click.option("--config", "-c", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Config file(s) (e.g. the resolved results/{dataset}/config.yaml of each dataset): the "
+              help="Config file(s) (e.g. the resolved results/{dataset}/configs/<hash>.yaml of each dataset): the "
                    "ablation table then lists each variant's settings.")
 @PAPER
 @click.option("--out-dir", type=click.Path(file_okay=False), default="results/tables", show_default=True)
