@@ -29,6 +29,14 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        """Every subcommand turns the errors a user can fix (bad config, refused resume, corrupt or
+        edited artefact, diverged run) into one line and exit code 1, never a traceback."""
+        from pecker.clitools import clean_errors
+
+        with clean_errors():
+            return super().invoke(ctx)
+
     def list_commands(self, ctx):
         return [name for name, (mod, _) in COMMANDS.items() if importlib.util.find_spec(mod)]
 

@@ -42,12 +42,12 @@ def load_config(config_files, overrides) -> dict:
 def clean_errors():
     """Turn the errors a user can fix (bad config, a refused resume, a failed checksum, a diverged
     run) into a one-line message and exit code 1 instead of a traceback."""
-    from pecker.io import ChecksumError
+    from pecker.io import IntegrityError
     from pecker.runs import ResumeRefused
 
     try:
         yield
-    except (cfgmod.ConfigError, ResumeRefused, ChecksumError, FloatingPointError) as err:
+    except (cfgmod.ConfigError, ResumeRefused, IntegrityError, FloatingPointError) as err:
         raise click.ClickException(str(err)) from None
 
 

@@ -1,8 +1,15 @@
 """Atomic file output, checksums, and safetensors checkpoints with JSON sidecars.
 
 Nothing here unpickles: weights and training state are safetensors, metadata is JSON.
-A checkpoint ``NAME`` is the pair ``NAME.safetensors`` + ``NAME.json``; the sidecar records
-the sha256 of the tensor file, which :func:`load_checkpoint` verifies before reading it.
+A checkpoint ``NAME`` is the pair ``NAME.safetensors`` + ``NAME.json``. The sidecar records the
+full sha256 of the tensor file and a ``digest``: the sha256 of the sidecar's own canonical JSON
+(without that key), which includes the tensor file's hash, so one number covers both files.
+:func:`load_checkpoint` verifies both before reading a tensor; an edited sidecar (an architecture
+key, ``t_init``) is refused like a flipped bit in the tensors. Every refusal is an
+:class:`IntegrityError`: one line naming the file, what did not match and what to do.
+
+Writes go to a temporary file next to the target (``.NAME.tmp-XXXXXXXX``) renamed over it on
+success; :func:`clean_temp_files` removes the leftovers of killed writes.
 """
 
 from __future__ import annotations
@@ -22,8 +29,17 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: Snakemake's pa
     import torch
 
 
-class ChecksumError(RuntimeError):
+class IntegrityError(RuntimeError):
+    """An artefact is missing, unreadable, or does not match what was recorded for it."""
+
+
+class ChecksumError(IntegrityError):
     """A file's checksum does not match the expected value."""
+
+
+FIX = "delete it and rerun the step (Snakemake rule) that writes it"
+TEMP_MARK = ".tmp-"
+HEX_LENGTH = {"sha256": 64, "md5": 32}
 
 
 @contextmanager
@@ -32,7 +48,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp"
+        dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=suffix or path.suffix or ".tmp"
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -45,6 +61,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def clean_temp_files(directory: str | Path) -> list[Path]:
+    """Remove what interrupted :func:`atomic_path` writes left under ``directory`` (recursively).
+
+    Call it only where no other process writes (a run folder, under Snakemake's lock)."""
+    removed = []
+    root = Path(directory)
+    if root.is_dir():
+        for p in root.rglob(f".*{TEMP_MARK}*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -79,17 +109,61 @@ def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def verify_checksum(path: str | Path, expected: str, algo: str = "sha256") -> str:
-    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected`` (a prefix is allowed)."""
+    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected``, given in full (no prefix:
+    64 hex digits for sha256, 32 for md5)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file to verify not found: {path}")
+    want = str(expected or "").lower()
+    if len(want) != HEX_LENGTH[algo] or any(c not in "0123456789abcdef" for c in want):
+        raise ChecksumError(f"{path}: the expected {algo} {expected!r} is not a full {HEX_LENGTH[algo]}-digit hash; "
+                            "refusing to load it unverified")
     actual = sha256_file(path) if algo == "sha256" else md5_file(path)
-    if not expected or not actual.startswith(expected.lower()):
+    if actual != want:
         raise ChecksumError(
-            f"{algo} of {path} is {actual}, expected {expected!r}: the file is corrupt or not "
+            f"{algo} of {path} is {actual}, expected {want}: the file is corrupt or not "
             "the one this pipeline was written for; refusing to load it"
         )
     return actual
+
+
+# ----------------------------------------------------------------------------- sidecars
+
+
+def _jsonable(meta: dict) -> dict:
+    return json.loads(json.dumps(meta, default=str))
+
+
+def sidecar_digest(meta: dict) -> str:
+    """sha256 of a sidecar's canonical JSON without its ``digest`` key."""
+    body = {k: v for k, v in _jsonable(meta).items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_sidecar(path: str | Path, meta: dict) -> Path:
+    """Write a JSON sidecar with its ``digest`` (atomically)."""
+    body = _jsonable(meta)
+    body["digest"] = sidecar_digest(body)
+    return atomic_write_json(path, body)
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """Read a sidecar written by :func:`write_sidecar`; :class:`IntegrityError` unless it parses and its
+    ``digest`` matches its content."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: not found; rerun the step (Snakemake rule) that writes it")
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as err:
+        raise IntegrityError(f"{path}: unreadable JSON ({err}); {FIX}") from None
+    if not isinstance(meta, dict) or "digest" not in meta:
+        raise IntegrityError(f"{path}: no integrity digest (written by an older pecker, or not a sidecar); {FIX}")
+    actual = sidecar_digest(meta)
+    if actual != meta["digest"]:
+        raise IntegrityError(f"{path}: its content does not match its digest (edited or corrupt: digest "
+                             f"{meta['digest'][:16]}... recorded, {actual[:16]}... now); {FIX}")
+    return meta
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
@@ -119,24 +193,37 @@ def save_checkpoint(prefix: str | Path, tensors: dict[str, torch.Tensor], meta: 
     sidecar = dict(meta)
     sidecar["file"] = st_path.name
     sidecar["sha256"] = digest
-    atomic_write_json(prefix.with_suffix(".json"), sidecar)
+    write_sidecar(prefix.with_suffix(".json"), sidecar)
     return st_path
 
 
+def read_checkpoint_meta(prefix: str | Path) -> dict:
+    """The verified sidecar of checkpoint ``prefix`` (its digest; not yet the tensor file)."""
+    return read_sidecar(Path(prefix).with_suffix(".json"))
+
+
 def load_checkpoint(prefix: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Verify the sha256 recorded in the sidecar, then load tensors and metadata."""
+    """Verify the sidecar's digest and the tensor file's full sha256, then load tensors and metadata.
+
+    Raises :class:`IntegrityError` (one line naming the file) for a missing, truncated, edited or
+    corrupt file."""
     prefix = Path(prefix)
     if prefix.suffix in (".json", ".safetensors"):
         prefix = prefix.with_suffix("")
-    side = prefix.with_suffix(".json")
     st = prefix.with_suffix(".safetensors")
-    if not side.is_file():
-        raise FileNotFoundError(f"checkpoint sidecar not found: {side}")
-    meta = read_json(side)
-    verify_checksum(st, meta["sha256"])
+    meta = read_checkpoint_meta(prefix)
+    if not st.is_file():
+        raise IntegrityError(f"{st}: not found (its sidecar {prefix.with_suffix('.json')} is there); {FIX}")
+    try:
+        verify_checksum(st, meta.get("sha256", ""))
+    except ChecksumError as err:
+        raise ChecksumError(f"{err}; {FIX}") from None
     from safetensors.torch import load_file
 
-    return load_file(str(st), device=str(device)), meta
+    try:
+        return load_file(str(st), device=str(device)), meta
+    except Exception as err:  # a header safetensors cannot parse (it matched its hash: written corrupt)
+        raise IntegrityError(f"{st}: unreadable safetensors ({err}); {FIX}") from None
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

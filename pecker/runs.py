@@ -93,20 +93,23 @@ class RunFolder:
         Raises :class:`ResumeRefused` when the state was written under another config hash, when
         one of ``expect``'s entries (e.g. ``{"teacher_sha256": ...}``) differs from what the state
         records, or when the state lies beyond ``max_step``. A state whose tensors fail their checksum
-        or hold non-finite values is skipped for the one before it (with a warning).
+        or hold non-finite values, or whose sidecar fails its digest, is skipped for the one before it
+        (with a warning). Temp files of interrupted writes are removed first.
         """
+        for tmp in io.clean_temp_files(self.out_dir):  # leftovers of writes killed mid-way
+            log.info("%s: removed %s (an interrupted write)", self.what, tmp)
         sidecars = sorted(self.ckpt_dir.glob(f"step*/{STATE}.json"), reverse=True)
         for side in sidecars:  # newest first; an unreadable or non-finite state falls back to the one before
             prev = side.with_suffix("")
             try:
-                meta = io.read_json(side)
-            except (OSError, ValueError) as err:
-                log.warning("%s: skipping %s (unreadable sidecar: %s)", self.what, side, err)
+                meta = io.read_sidecar(side)
+            except io.IntegrityError as err:
+                log.warning("%s: skipping %s (%s); trying the state before it", self.what, side, err)
                 continue
             self._check_identity(prev, meta, max_step, expect)
             try:
                 tensors, meta = io.load_checkpoint(prev, device=device)
-            except (io.ChecksumError, OSError, ValueError) as err:
+            except (io.IntegrityError, OSError, ValueError) as err:
                 log.warning("%s: skipping %s (%s); trying the state before it", self.what, prev, err)
                 continue
             bad = nonfinite(tensors)
@@ -156,7 +159,7 @@ class RunFolder:
         and is refused (:class:`ResumeRefused`) when they differ."""
         prefix = self.ckpt_dir / name
         if prefix.with_suffix(".json").is_file():
-            meta = io.read_json(prefix.with_suffix(".json"))
+            meta = io.read_sidecar(prefix.with_suffix(".json"))
             wanted = {"config_hash": self.config_hash, **(expect or {})}
             diff = [k for k in wanted if meta.get(k) != wanted[k]]
             if diff:
@@ -167,7 +170,7 @@ class RunFolder:
             return tensors, meta
         tensors, meta = compute()
         io.save_checkpoint(prefix, tensors, {**meta, **(expect or {}), "config_hash": self.config_hash})
-        return tensors, io.read_json(prefix.with_suffix(".json"))
+        return tensors, io.read_sidecar(prefix.with_suffix(".json"))
 
     def refuse(self, prev: Path, why: str):
         raise ResumeRefused(

@@ -55,10 +55,12 @@ def test_optimizer_and_rng_round_trip():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and torch.equal(a[2], b[2])
 
 
-def test_verify_checksum_prefix(tmp_path):
+@pytest.mark.parametrize("expected", ["prefix", "", "x" * 64, "other"])
+def test_verify_checksum_needs_the_full_matching_hash(tmp_path, expected):
     p = tmp_path / "f.bin"
     p.write_bytes(b"pecker")
     full = io.sha256_file(p)
-    assert io.verify_checksum(p, full[:8]) == full
-    with pytest.raises(io.ChecksumError):
-        io.verify_checksum(p, "00000000")
+    assert io.verify_checksum(p, full.upper()) == full
+    wanted = {"prefix": full[:8], "other": io.sha256_file(__file__)}.get(expected, expected)
+    with pytest.raises(io.ChecksumError, match="f.bin"):  # a prefix (even one hex digit) is refused
+        io.verify_checksum(p, wanted)

@@ -96,6 +96,6 @@ def save_samples(path: str | Path, images: np.ndarray, labels: torch.Tensor | np
     """``path`` (.npz: images uint8 NHWC, labels) plus ``path`` with .json (metadata, provenance)."""
     path = Path(path)
     io.save_npz(path, images=images, labels=np.asarray(labels, dtype=np.int64))
-    io.atomic_write_json(path.with_suffix(".json"), {**meta, "file": path.name, "sha256": io.sha256_file(path),
-                                                     "n_images": int(len(images))})
+    io.write_sidecar(path.with_suffix(".json"), {**meta, "file": path.name, "sha256": io.sha256_file(path),
+                                                 "n_images": int(len(images))})
     return path

@@ -215,7 +215,7 @@ def train_teacher(
     ema_model.load_state_dict(ema_state_dict(model, ema))
     save_unet(run.out_dir / ema_name, ema_model, {**meta, "weights": "ema", "ema_decay": tcfg["ema_decay"],
                                                   "provenance": prov})
-    return io.read_json(run.out_dir / f"{ema_name}.json")
+    return io.read_sidecar(run.out_dir / f"{ema_name}.json")
 
 
 def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:

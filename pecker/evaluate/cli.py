@@ -45,8 +45,9 @@ def accuracy(config_files, overrides, dataset, classifier_prefix, samples_path, 
     cfgmod.dataset_config(cfg, dataset)
     device = clitools.resolve_device(cfg["device"])
     model, cmeta = load_classifier(classifier_prefix, device)
+    smeta = io.read_sidecar(samples_path.rsplit(".", 1)[0] + ".json")
+    io.verify_checksum(samples_path, smeta.get("sha256", ""))
     arrays = io.load_npz(samples_path)
-    smeta = io.read_json(samples_path.rsplit(".", 1)[0] + ".json")
     rec = Recorder("evaluate.accuracy", workflow.stage_hash(cfg, dataset, "accuracy"))
     pred = predict_logits(model, cmeta["input_spec"], arrays["images"], device=device).argmax(1).numpy()
     result = label_accuracy(pred, arrays["labels"])
@@ -73,10 +74,8 @@ def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
     sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        raise click.ClickException(f"checkpoint sidecar not found: {sidecar}")
     try:
-        check_generator_task(io.read_json(sidecar), ds_cfg, checkpoint=sidecar)
+        check_generator_task(io.read_sidecar(sidecar), ds_cfg, checkpoint=sidecar)
     except TaskMismatch as err:
         raise click.ClickException(str(err)) from None
 
@@ -177,7 +176,8 @@ def reference(config_files, overrides, dataset, data_dir, out_path, threads, log
     fc = (ds.get("unlearn") or {}).get("forget_class", 0)
     keep = retained_classes(ds["data"]["num_classes"], fc)
     images, _ = reference_images(clitools.data_dir_for(cfg, dataset, data_dir), keep, ecfg["reference_max_per_class"])
-    extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]))
+    extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]),
+                                inception_sha256=ecfg.get("inception_sha256"))
     chash = workflow.stage_hash(cfg, dataset, "reference")
     rec = Recorder("evaluate.reference", chash)
     feats, meta = fidelity.reference_features(images, extractor, out_path, batch_size=ecfg["batch_size"],

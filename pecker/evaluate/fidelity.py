@@ -430,13 +430,13 @@ def reference_features(
     }
     reason = _cache_mismatch(cache_path, sidecar, want)
     if reason is None:
-        meta = io.read_json(sidecar)
+        meta = io.read_sidecar(sidecar)
         feats = io.load_npz(cache_path)["features"]
         if feats.shape == (want["n_images"], meta.get("feature_dim")):
             log.info("reference features: cache hit %s", cache_path)
             if record and meta.get("config_hash") != record.get("config_hash"):
                 meta = {**meta, **record}
-                io.atomic_write_json(sidecar, meta)
+                io.write_sidecar(sidecar, meta)
             return feats, {**meta, "cache_hit": True}
         reason = f"cached features have shape {feats.shape}"
     log.info("reference features: recomputing %s (%s)", cache_path, reason)
@@ -454,7 +454,7 @@ def reference_features(
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(record or {}),
     }
-    io.atomic_write_json(sidecar, meta)
+    io.write_sidecar(sidecar, meta)
     return feats, {**meta, "cache_hit": False, "cache_miss_reason": reason}
 
 
@@ -463,9 +463,9 @@ def _cache_mismatch(cache_path: Path, sidecar: Path, want: dict) -> str | None:
     if not cache_path.is_file() or not sidecar.is_file():
         return "no cache"
     try:
-        meta = io.read_json(sidecar)
-    except ValueError as exc:
-        return f"unreadable sidecar ({exc})"
+        meta = io.read_sidecar(sidecar)
+    except io.IntegrityError as exc:
+        return f"sidecar refused ({exc})"
     for key, value in want.items():
         if meta.get(key) != value:
             return f"{key} differs"

@@ -402,4 +402,4 @@ def run_unlearning(
     }
     run.finish_log()
     save_generator(run.out_dir / "generator_ema", unl.gen, diffusion, meta, unl.ema_state_dict())
-    return io.read_json(run.out_dir / "generator_ema.json")
+    return io.read_sidecar(run.out_dir / "generator_ema.json")

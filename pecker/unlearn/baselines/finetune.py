@@ -148,4 +148,4 @@ def run_finetune(tuner: FineTuner, objective: Objective, run: RunFolder, rec: Re
     result = copy_unet(tuner.model)
     result.load_state_dict(tuner.result_state_dict(), strict=True)
     save_unet(Path(run.out_dir) / FINAL, result, final)
-    return io.read_json(Path(run.out_dir) / f"{FINAL}.json")
+    return io.read_sidecar(Path(run.out_dir) / f"{FINAL}.json")
