@@ -76,6 +76,9 @@ def method_settings(unl_cfg: dict, method: str, dataset: str = "<dataset>", teac
         if method_kind(unl_cfg, init) != "sfd" or (methods[init] or {}).get("init_from"):
             raise ConfigError(f"config key '{where}.methods.{method}.init_from': {init!r} must be a one-stage "
                               "method of kind sfd (stage 1 of SFD-Two-Stage)")
+    if s.get("stage2_teacher") is not None and init is None:
+        raise ConfigError(f"config key '{where}.methods.{method}.stage2_teacher': only meaningful with init_from "
+                          "(stage 2 of SFD-Two-Stage)")
     for lo, hi, pre in ((s["t_min"], s["t_max"], where), (mask["t_min"], mask["t_max"], f"{where}.methods.{method}.mask")):
         if not lo < hi:
             raise ConfigError(f"config key '{pre}.t_min': {lo} must be smaller than t_max ({hi})")
