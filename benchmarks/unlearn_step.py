@@ -1,9 +1,12 @@
 """Seconds per iteration and peak memory of SFD and PECKER (docs/method.md sections 3-4).
 
     python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
+                                      [--networks embedded cifar10 cifar10-ddpm]
 
-Networks: the embedded one (config/config.yaml, batch from its unlearn block) and the CIFAR-10 paper
-network (config/cifar10.yaml) at a small batch, both randomly initialised (no teacher file needed).
+Networks: the embedded one (config/config.yaml, batch from its unlearn block), the CIFAR-10 paper
+network (config/cifar10.yaml: diffusers UNet2DModel) and the published teachers' network on CIFAR-10
+(cifar10-ddpm: config/published_cifar10.yaml, unet.arch ddpm_conditional, 38.63M parameters), the
+paper networks at a small batch, all randomly initialised (no teacher file needed).
 Variants: sfd; pecker with the mask recomputed every step (the paper's Algorithm 1), once at step 0,
 and every K steps (K = the number of timed iterations, so exactly one refresh falls in the timed
 window and the mean is the amortised cost). Each (network, variant) runs in its own process so the
@@ -22,7 +25,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NETWORKS = {"embedded": ("config/config.yaml", "mnist"), "cifar10": ("config/cifar10.yaml", "cifar10")}
+# name -> (config files, dataset, overrides); the published overlay needs a sha256 to validate, and
+# no file is read here (the networks are random)
+NETWORKS = {
+    "embedded": (["config/config.yaml"], "mnist", []),
+    "cifar10": (["config/cifar10.yaml"], "cifar10", []),
+    "cifar10-ddpm": (["config/cifar10.yaml", "config/published_cifar10.yaml"], "cifar10",
+                     ["datasets.cifar10.teacher.file.sha256=" + "f" * 64]),
+}
 VARIANTS = ("sfd", "pecker", "pecker_once", "pecker_every_k")
 
 
@@ -35,9 +45,9 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     from pecker.unlearn.trainer import Unlearner, class_task
 
     torch.set_num_threads(threads)
-    path, ds_name = NETWORKS[network]
+    paths, ds_name, extra = NETWORKS[network]
     pre = f"datasets.{ds_name}.unlearn"
-    over = [f"{pre}.forget_batch_size=null"]
+    over = [*extra, f"{pre}.forget_batch_size=null"]
     if batch:
         over.append(f"{pre}.batch_size={batch}")
     base = "sfd" if variant == "sfd" else "pecker"
@@ -45,7 +55,7 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
         over.append(f"{pre}.methods.pecker.mask.refresh=once")
     elif variant == "pecker_every_k":
         over += [f"{pre}.methods.pecker.mask.refresh=every_k", f"{pre}.methods.pecker.mask.refresh_every={iters}"]
-    cfg = C.resolve([ROOT / path], over)
+    cfg = C.resolve([ROOT / p for p in paths], over)
     ds = cfg["datasets"][ds_name]
     s = method_settings(ds["unlearn"], base, ds_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +107,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="embedded batch (default: config's)")
     ap.add_argument("--paper-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip-paper", action="store_true")
+    ap.add_argument("--skip-paper", action="store_true", help="embedded network only")
+    ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=["embedded", "cifar10"])
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--one", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,7 +120,7 @@ def main() -> None:
         return
 
     results = []
-    for net in ("embedded",) + (() if args.skip_paper else ("cifar10",)):
+    for net in ["embedded"] if args.skip_paper else args.networks:
         for var in VARIANTS:
             cmd = [sys.executable, __file__, "--one", net, var, *sys.argv[1:]]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -123,14 +134,14 @@ def main() -> None:
     print(f"device {r0['device']}{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, {r0['threads']} threads, "
           f"mean of timed iterations after {args.warmup} warm-up")
     mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
-    print(f"{'network':9} {'params':>7} {'batch':>6} {'variant':16} {'s/iter':>8} {'x SFD':>6} {'mask s':>7} "
+    print(f"{'network':12} {'params':>7} {'batch':>6} {'variant':16} {'s/iter':>8} {'x SFD':>6} {'mask s':>7} "
           f"{mem_key:>12}")
     for r in results:
         sfd = next(x for x in results if x["network"] == r["network"] and x["variant"] == "sfd")
         k = args.iters if r["network"] == "embedded" else args.paper_iters
         name = r["variant"] + (f" K={k}" if r["variant"] == "pecker_every_k" else "")
         mask = f"{r['sec_mask_refresh']:.3f}" if "sec_mask_refresh" in r else "-"
-        print(f"{r['network']:9} {r['params'] / 1e6:6.1f}M {r['batch']:>3}+{r['forget_batch']:<2} {name:16} "
+        print(f"{r['network']:12} {r['params'] / 1e6:6.2f}M {r['batch']:>3}+{r['forget_batch']:<2} {name:16} "
               f"{r['sec_per_iter']:8.3f} {r['sec_per_iter'] / sfd['sec_per_iter']:6.2f} {mask:>7} {r[mem_key]:12.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

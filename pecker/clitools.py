@@ -41,13 +41,15 @@ def load_config(config_files, overrides) -> dict:
 @contextmanager
 def clean_errors():
     """Turn the errors a user can fix (bad config, a refused resume, a failed checksum, a diverged
-    run) into a one-line message and exit code 1 instead of a traceback."""
+    run, a file that cannot be downloaded offline) into a one-line message and exit code 1 instead
+    of a traceback."""
     from pecker.io import IntegrityError
     from pecker.runs import ResumeRefused
+    from pecker.weights import Unavailable
 
     try:
         yield
-    except (cfgmod.ConfigError, ResumeRefused, IntegrityError, FloatingPointError) as err:
+    except (cfgmod.ConfigError, ResumeRefused, IntegrityError, FloatingPointError, Unavailable) as err:
         raise click.ClickException(str(err)) from None
 
 

@@ -151,7 +151,7 @@ def _check_semantics(cfg: dict) -> None:
                               f"(got {b0}, {b1})")
         T = diff.get("num_train_timesteps", 1000)
         _check_samplers(name, ds, T)
-        _check_teacher_file(name, ds.get("teacher") or {})
+        _check_teacher_file(name, ds)
         ecfg = ds.get("evaluate") or {}
         if ecfg.get("is_source") == "inception" and ecfg.get("extractor") != "inception-v3-compat":
             raise ConfigError(f"config key 'datasets.{name}.evaluate.is_source': 'inception' needs Inception logits, "
@@ -187,14 +187,20 @@ def _check_samplers(name: str, ds: dict, T: int) -> None:
                               f"{T} timesteps ({where}.diffusion.num_train_timesteps)")
 
 
-def _check_teacher_file(name: str, teacher: dict) -> None:
-    """``teacher.source: file`` names the file (or where to fetch it) and its full sha256."""
-    if teacher.get("source") != "file":
+def _check_teacher_file(name: str, ds: dict) -> None:
+    """``teacher.source: file | published`` names the file (or where to fetch it) and its full sha256;
+    a published SA checkpoint needs the network it was trained with."""
+    teacher = ds.get("teacher") or {}
+    if teacher.get("source") not in ("file", "published"):
         return
+    if teacher["source"] == "published" and (ds.get("unet") or {}).get("arch") != "ddpm_conditional":
+        raise ConfigError(f"config key 'datasets.{name}.unet.arch': teacher.source published needs ddpm_conditional "
+                          "(the network of the SA authors' checkpoints)")
     f = teacher.get("file") or {}
     where = f"datasets.{name}.teacher.file"
     if not (f.get("path") or f.get("url")):
-        raise ConfigError(f"config key '{where}.path': teacher.source is file, but neither file.path nor file.url is set")
+        raise ConfigError(f"config key '{where}.path': teacher.source is {teacher['source']}, but neither file.path "
+                          "nor file.url is set")
     sha = str(f.get("sha256") or "")
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
         raise ConfigError(f"config key '{where}.sha256': {f.get('sha256')!r} is not a full 64-digit sha256 (the file "

@@ -31,6 +31,26 @@ from pecker import io
 log = logging.getLogger("pecker.weights")
 
 
+class Unavailable(FileNotFoundError):
+    """A file the run needs is absent and cannot be downloaded (offline): the message says where to put it."""
+
+
+def download(url: str, path: str | Path, what: str) -> Path:
+    """Download ``url`` to ``path`` atomically (no partial file is ever left at ``path``)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s", url, path)
+    try:
+        with io.atomic_path(path) as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), progress=False)
+    except OSError as err:  # URLError is an OSError: no network
+        raise Unavailable(f"{what}: {path} is absent and {url} cannot be fetched ({err}); download it on a networked "
+                          "machine into that path") from None
+    return path
+
+
 @dataclass(frozen=True)
 class Asset:
     name: str
@@ -65,17 +85,7 @@ def fetch(asset: Asset, sha256: str | None = None, path: str | Path | None = Non
     ``sha256`` (in full) or, without it, the published prefix."""
     path = Path(path) if path is not None else cache_path(asset)
     if not path.is_file():
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s -> %s", asset.url, path)
-        try:
-            with io.atomic_path(path) as tmp:
-                torch.hub.download_url_to_file(asset.url, str(tmp), progress=False)
-        except OSError as err:  # URLError is an OSError: no network
-            raise FileNotFoundError(
-                f"{asset.name}: {path} is absent and {asset.url} cannot be fetched ({err}); download it on a "
-                "networked machine into that path") from None
+        download(asset.url, path, asset.name)
     if sha256:
         return path, io.verify_checksum(path, sha256)
     actual = io.sha256_file(path)

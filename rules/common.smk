@@ -22,6 +22,11 @@ except pwf.ConfigError as err:
     raise WorkflowError(str(err))
 DATA = config["data_dir"]
 DATASETS = sorted(config["datasets"])
+# Teachers trained here vs fetched (teacher.source file | published): disjoint rules, same outputs.
+FETCHED = [
+    ds for ds in DATASETS if config["datasets"][ds]["teacher"]["source"] != "train"
+]
+TRAINED = [ds for ds in DATASETS if ds not in FETCHED]
 
 
 wildcard_constraints:

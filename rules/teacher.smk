@@ -10,6 +10,8 @@ rule train_teacher:
         f"{RESULTS}/logs/{{dataset}}/train_teacher.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/train_teacher.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(TRAINED),
     conda:
         "../environment.yml"
     threads: 2
@@ -31,6 +33,34 @@ rule train_teacher:
     shell:
         "pecker teacher train --config {params.cfg} -d {wildcards.dataset} --data {params.data}"
         " --out {params.out} --threads {threads} > {log} 2>&1"
+
+
+rule fetch_teacher:
+    # teacher.source file | published: download (when absent), verify the full sha256, convert
+    # (a published pickle is read with weights_only=True, once, here) -> the same files as training
+    output:
+        ema=f"{RESULTS}/{{dataset}}/teacher/ema.safetensors",
+        ema_meta=f"{RESULTS}/{{dataset}}/teacher/ema.json",
+        model=f"{RESULTS}/{{dataset}}/teacher/model.safetensors",
+        model_meta=f"{RESULTS}/{{dataset}}/teacher/model.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/fetch_teacher.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/fetch_teacher.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(FETCHED),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("teacher"),
+        out=lambda w, output: Path(output.ema).parent,
+    shell:
+        "pecker teacher fetch --config {params.cfg} -d {wildcards.dataset} --out {params.out} > {log} 2>&1"
 
 
 rule sample_teacher:

@@ -25,18 +25,37 @@ def teacher() -> None:
 @clitools.log_option
 def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, threads, log_file) -> None:
     """Train the teacher, resuming from the newest checkpoint in OUT/ckpt when present."""
-    from pecker.diffusion.train import fetch_teacher, train_teacher
+    from pecker.diffusion.train import train_teacher
 
     clitools.setup_logging(log_file)
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
     with clitools.clean_errors():
         ds = cfgmod.dataset_config(cfg, dataset)
-        if ds["teacher"]["source"] == "file":
-            fetch_teacher(ds, out_dir)
-            return
+        if ds["teacher"]["source"] != "train":
+            raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': {ds['teacher']['source']}: "
+                                     "the teacher is fetched, not trained (pecker teacher fetch)")
         data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
         train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
+
+
+@teacher.command()
+@clitools.config_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Teacher folder, e.g. results/cifar10/teacher.")
+@clitools.log_option
+def fetch(config_files, overrides, dataset, out_dir, log_file) -> None:
+    """Install a published teacher (teacher.source file or published) as OUT/ema and OUT/model, after
+    verifying its full sha256; offline, say what file to provide."""
+    from pecker.diffusion.train import fetch_teacher
+
+    clitools.setup_logging(log_file)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    if ds["teacher"]["source"] == "train":
+        raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': train: nothing to fetch "
+                                 "(pecker teacher train)")
+    fetch_teacher(ds, out_dir)
 
 
 @teacher.command()

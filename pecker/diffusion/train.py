@@ -232,27 +232,42 @@ def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:
 
 
 def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
-    """``teacher.source: file``: verify a published UNet checkpoint and install it as ``ema``."""
-    fcfg = ds_cfg["teacher"].get("file") or {}
-    src, sha = fcfg.get("path"), fcfg.get("sha256")
-    if not src or not sha:
-        raise ValueError("config keys 'teacher.file.path' and 'teacher.file.sha256' are required with teacher.source=file")
-    src = Path(src)
+    """``teacher.source: file | published``: verify a checkpoint (full sha256, before it is read) and
+    install it as ``ema`` and ``model``.
+
+    ``file``: a safetensors state dict of the configured network, installed as both. ``published``:
+    the SA authors' pickled ``[model, optimizer, step, ema]`` list, read with ``weights_only=True``
+    (:func:`pecker.diffusion.published.convert_published`): its EMA weights become ``ema`` (what SFD
+    starts from, ``init_from_ema``), its raw weights ``model`` (what SA and SalUn fine-tune)."""
+    from pecker import weights
+
+    tcfg = ds_cfg["teacher"]
+    fcfg = tcfg.get("file") or {}
+    src, sha = Path(fcfg.get("path") or Path(out_dir) / "download" / Path(str(fcfg.get("url"))).name), fcfg["sha256"]
     if not src.is_file():
-        if fcfg.get("url"):
-            from torch.hub import download_url_to_file
-            src.parent.mkdir(parents=True, exist_ok=True)
-            download_url_to_file(fcfg["url"], str(src), progress=True)
-        else:
-            raise FileNotFoundError(f"config key 'teacher.file.path': {src} does not exist and no url is set")
-    io.verify_checksum(src, sha)
-    from safetensors.torch import load_file
-    model = build_unet(ds_cfg["unet"], ds_cfg["data"])
-    model.load_state_dict(load_file(str(src)), strict=True)
+        if not fcfg.get("url"):
+            raise weights.Unavailable(f"config key 'teacher.file.path': {src} does not exist and teacher.file.url is "
+                                      "not set; put the checkpoint there (docs/published-teachers.md)")
+        weights.download(fcfg["url"], src, "teacher.file.url")
     chash = ds_stage_hash(ds_cfg, "teacher")
     out_dir = Path(out_dir)
-    meta = {"kind": "teacher", "weights": "ema", "source_file": str(src), "source_sha256": sha, "config_hash": chash,
-            "provenance": Recorder("teacher.fetch", chash).finish()}
+    meta = {"kind": "teacher", "source": tcfg["source"], "source_file": str(src), "source_sha256": sha,
+            "config_hash": chash}
+    if tcfg["source"] == "published":
+        from pecker.diffusion.published import convert_published
+        from pecker.diffusion.unet import ddpm_conditional_kwargs
+
+        arch = ddpm_conditional_kwargs(ds_cfg["unet"], ds_cfg["data"])
+        for which, name in (("ema", "ema"), ("raw", "model")):
+            convert_published(src, sha, out_dir / name, arch, which=which,
+                              meta={**meta, "provenance": Recorder("teacher.fetch", chash).finish()})
+        return meta
+    io.verify_checksum(src, sha)
+    from safetensors.torch import load_file
+
+    model = build_unet(ds_cfg["unet"], ds_cfg["data"])
+    model.load_state_dict(load_file(str(src)), strict=True)
+    meta = {**meta, "weights": "ema", "provenance": Recorder("teacher.fetch", chash).finish()}
     save_unet(out_dir / "ema", model, meta)
     save_unet(out_dir / "model", model, meta)
     return meta

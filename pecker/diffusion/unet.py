@@ -1,7 +1,16 @@
-"""Build, save and load the class-conditional diffusers ``UNet2DModel`` used by every network.
+"""Build, save and load the class-conditional UNet used by every network.
 
-The teacher, the one-step generator and the fake score network share this architecture. Class
-``num_classes`` (the last embedding row) is the null label used for classifier-free guidance.
+The teacher, the one-step generator and the fake score network share one architecture, chosen by
+config key ``unet.arch``:
+
+- ``unet2d`` (absent: the default): diffusers' ``UNet2DModel`` with a class embedding;
+- ``ddpm_conditional``: the network of the published SA / SFD / SalUn teachers
+  (:mod:`pecker.diffusion.ddpm_conditional`), so their checkpoints can be unlearned as published.
+
+Both are called as ``model(z, t, class_labels=y).sample`` and expose ``model.config`` with
+``num_class_embeds``, ``sample_size`` and ``in_channels``; class ``num_classes`` is the null label
+of classifier-free guidance. The sidecar's ``network`` says which one a checkpoint holds, and
+:func:`load_unet` rebuilds either.
 """
 
 from __future__ import annotations
@@ -12,6 +21,11 @@ import torch
 from diffusers import UNet2DModel
 
 from pecker import io
+from pecker.diffusion.ddpm_conditional import ARCH as DDPM_CONDITIONAL
+from pecker.diffusion.ddpm_conditional import DDPMConditionalUNet, arch_config
+
+UNET2D = "unet2d"
+ARCHS = (UNET2D, DDPM_CONDITIONAL)
 
 
 def unet_kwargs(unet_cfg: dict, data_cfg: dict) -> dict:
@@ -39,8 +53,30 @@ def unet_kwargs(unet_cfg: dict, data_cfg: dict) -> dict:
     )
 
 
-def build_unet(unet_cfg: dict, data_cfg: dict) -> UNet2DModel:
+def ddpm_conditional_kwargs(unet_cfg: dict, data_cfg: dict) -> dict:
+    """The same config keys in :mod:`pecker.diffusion.ddpm_conditional`'s terms (``ch`` = base
+    channels, ``num_res_blocks`` = layers per block, ...)."""
+    return arch_config({
+        "ch": unet_cfg["base_channels"], "ch_mult": list(unet_cfg["channel_mult"]),
+        "num_res_blocks": unet_cfg["layers_per_block"], "attn_resolutions": list(unet_cfg["attention_resolutions"]),
+        "dropout": unet_cfg["dropout"], "resolution": data_cfg["resolution"], "in_channels": data_cfg["channels"],
+        "out_ch": data_cfg["channels"], "num_classes": data_cfg.get("num_classes", 10),
+        "norm_groups": unet_cfg.get("norm_num_groups", 32),
+    })
+
+
+def build_unet(unet_cfg: dict, data_cfg: dict) -> torch.nn.Module:
+    """The network ``unet.arch`` names, freshly initialised."""
+    arch = unet_cfg.get("arch", UNET2D)
+    if arch == DDPM_CONDITIONAL:
+        return DDPMConditionalUNet(ddpm_conditional_kwargs(unet_cfg, data_cfg))
+    if arch != UNET2D:
+        raise ValueError(f"config key 'unet.arch': unknown architecture {arch!r} (one of {', '.join(ARCHS)})")
     return UNet2DModel(**unet_kwargs(unet_cfg, data_cfg))
+
+
+def network_name(model: torch.nn.Module) -> str:
+    return DDPM_CONDITIONAL if isinstance(model, DDPMConditionalUNet) else UNET2D
 
 
 def null_label(model: UNet2DModel) -> int:
@@ -52,19 +88,28 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_unet(prefix: str | Path, model: UNet2DModel, meta: dict | None = None) -> Path:
-    """Save weights as safetensors and a sidecar holding the architecture, so it can be rebuilt."""
-    sidecar = {"kind": "unet", "unet_config": dict(model.config), "n_params": n_params(model)}
+def save_unet(prefix: str | Path, model: torch.nn.Module, meta: dict | None = None) -> Path:
+    """Save weights as safetensors and a sidecar holding the architecture (``network`` and its
+    config), so it can be rebuilt."""
+    net = network_name(model)
+    arch = {"arch_config": dict(model.arch)} if net == DDPM_CONDITIONAL else {"unet_config": dict(model.config)}
+    sidecar = {"kind": "unet", "network": net, **arch, "n_params": n_params(model)}
     sidecar.update(meta or {})
     return io.save_checkpoint(prefix, model.state_dict(), sidecar)
 
 
-def load_unet(prefix: str | Path, device: str | torch.device = "cpu") -> tuple[UNet2DModel, dict]:
-    """Verify the checksum, rebuild the architecture from the sidecar, load the weights."""
+def load_unet(prefix: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Verify the checksums, rebuild the architecture from the sidecar, load the weights strictly."""
     tensors, meta = io.load_checkpoint(prefix, device=device)
-    cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
-    for key in ("block_out_channels", "down_block_types", "up_block_types"):
-        cfg[key] = tuple(cfg[key])
-    model = UNet2DModel(**cfg)
+    net = meta.get("network", UNET2D)
+    if net == DDPM_CONDITIONAL:
+        model = DDPMConditionalUNet(arch_config(meta["arch_config"]))
+    elif net == UNET2D:
+        cfg = {k: v for k, v in meta["unet_config"].items() if not k.startswith("_")}
+        for key in ("block_out_channels", "down_block_types", "up_block_types"):
+            cfg[key] = tuple(cfg[key])
+        model = UNet2DModel(**cfg)
+    else:
+        raise io.IntegrityError(f"{prefix}.json: unknown network {net!r} (one of {', '.join(ARCHS)})")
     model.load_state_dict(tensors, strict=True)
     return model.to(device), meta
