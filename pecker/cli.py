@@ -12,6 +12,7 @@ Every subcommand takes ``--config`` (default ``config/config.yaml``) and ``--set
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 

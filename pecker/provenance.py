@@ -27,18 +27,53 @@ TRACKED_PACKAGES = (
 )
 
 
-def git_state(root: Path = REPO_ROOT) -> dict:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=20
-        ).stdout.strip()
+# Paths whose changes make a result's code "dirty" (relative to the directory git runs in).
+TRACKED_PATHS = ("pecker", "rules", "Snakefile", "config")
 
+
+def _git(root: Path, *args: str) -> str:
+    """stdout of ``git -C root ARGS`` ('' when git fails there); raises OSError without a git binary."""
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=20
+    ).stdout.strip()
+
+
+def _toplevel(path: Path) -> Path | None:
+    top = _git(path, "rev-parse", "--show-toplevel")
+    return Path(top).resolve() if top else None
+
+
+def git_state(root: Path | None = None) -> dict:
+    """The git commit and dirty flag of the code that runs.
+
+    With ``root`` given, that checkout. Otherwise the source tree holding this package when it runs
+    from one (a clone, an editable install). An installed copy (``pip install .``) has no commit of
+    its own: then the checkout of the working directory is recorded, if there is one, with
+    ``checkout`` naming it and ``note`` saying the installed code is not necessarily that commit;
+    outside any checkout ``commit`` and ``dirty`` are None and ``note`` says so. Never raises.
+    """
+    out: dict = {}
     try:
-        commit = run("rev-parse", "HEAD") or None
-        dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", "pecker", "rules", "Snakefile", "config"))
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty}
+        if root is None:
+            if (REPO_ROOT / "pyproject.toml").is_file() and _toplevel(REPO_ROOT):  # a source tree
+                root = REPO_ROOT
+            else:
+                cwd = Path.cwd()
+                root = _toplevel(cwd)
+                if root is None:
+                    return {"commit": None, "dirty": None,
+                            "note": f"not a git checkout: pecker is installed at {Path(__file__).resolve().parent} "
+                                    f"and the working directory {cwd} is outside any git checkout"}
+                out = {"checkout": str(root),
+                       "note": f"pecker is an installed copy ({Path(__file__).resolve().parent}); "
+                               "commit and dirty are those of the working directory's checkout"}
+        commit = _git(root, "rev-parse", "HEAD") or None
+        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no", "--", *TRACKED_PATHS)) if commit else None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"commit": None, "dirty": None, "note": f"git unavailable: {exc}"}
+    if commit is None:
+        out.setdefault("note", f"not a git checkout (or no commit yet): {root}")
+    return {"commit": commit, "dirty": dirty, **out}
 
 
 def package_versions(names=TRACKED_PACKAGES) -> dict:

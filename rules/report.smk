@@ -2,7 +2,7 @@
 #
 #   results/tables/table1.{csv,md,tex}      Table 1 over all datasets (one block per dataset)
 #   results/tables/ablation.{csv,md,tex}    unlearning variants (says so when none are configured)
-#   results/tables/audit.{md,json}          every cell against config/paper_results.yaml, with provenance
+#   results/tables/audit.{md,json}          every cell against pecker/report/paper_results.yaml, with provenance
 #   results/figures/{fig2,fig3,ablation}_{dataset}.{png,pdf}
 #
 # Inputs come from eval_jsons(dataset) / eval_grids(dataset) (rules/evaluate.smk, included before). The
@@ -178,7 +178,7 @@ rule audit:
         table1=rules.tables.output.table1_csv,
         ablation=rules.tables.output.ablation_csv,
         efficiency=rules.tables.output.efficiency_json,
-        paper=f"{workflow.basedir}/config/paper_results.yaml",
+        paper=f"{workflow.basedir}/pecker/report/paper_results.yaml",
         jsons=lambda w: [p for ds in DATASETS for p in eval_jsons(ds)],
     output:
         md=report(

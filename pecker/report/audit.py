@@ -1,7 +1,7 @@
 """Audit every cell of the produced tables against the paper, with the provenance of our value.
 
 For each cell (table, dataset, method, column) the audit gives our value, the paper's value
-(``config/paper_results.yaml``), the difference, and for every seed behind our value: git commit,
+(``pecker/report/paper_results.yaml``), the difference, and for every seed behind our value: git commit,
 config hash, checkpoint sha256, the evaluator (library and version, as the metric JSON's
 ``metric_sources`` records them, or the classifier) and the sample count. It flags
 

@@ -22,7 +22,7 @@ FILES = click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=
 RESULTS_DIR = click.option("--results-dir", type=click.Path(file_okay=False), default=None,
                            help="Find the metric JSONs under this folder when no FILES are given.")
 PAPER = click.option("--paper", "paper_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="The paper's numbers (default: config/paper_results.yaml).")
+                     help="The paper's numbers (default: pecker/report/paper_results.yaml).")
 
 
 def _json_files(files, results_dir, datasets=None) -> list[Path]:

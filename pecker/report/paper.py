@@ -1,4 +1,5 @@
-"""The paper's published numbers (``config/paper_results.yaml``) and how our rows map onto them."""
+"""The paper's published numbers (``pecker/report/paper_results.yaml``, shipped with the package) and how our
+rows map onto them."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from pecker.config import REPO_ROOT
-
-PAPER_RESULTS = REPO_ROOT / "config" / "paper_results.yaml"
+# Package data (pyproject ``[tool.setuptools.package-data]``): found the same way from a clone, an
+# editable install and a ``pip install .`` copy.
+PAPER_RESULTS = Path(__file__).resolve().parent / "paper_results.yaml"
 
 
 def load_paper(path: str | Path | None = None) -> dict:
@@ -20,7 +21,7 @@ def load_paper(path: str | Path | None = None) -> dict:
         data = yaml.safe_load(fh)
     for key in ("tables", "dataset_names", "cross_dataset_reference"):
         if not isinstance(data, dict) or key not in data:
-            raise ValueError(f"{path}: key {key!r} missing (expected the layout of config/paper_results.yaml)")
+            raise ValueError(f"{path}: key {key!r} missing (expected the layout of pecker/report/paper_results.yaml)")
     if "rows" not in data["tables"].get("table1", {}):
         raise ValueError(f"{path}: key 'tables.table1.rows' missing")
     return data
