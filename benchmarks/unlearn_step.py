@@ -1,7 +1,7 @@
 """Seconds per iteration and peak memory of SFD and PECKER (docs/method.md sections 3-4).
 
     python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
-                                      [--networks embedded cifar10 cifar10-ddpm]
+                                      [--networks embedded cifar10 cifar10-ddpm] [--variants sfd pecker ...]
 
 Networks: the embedded one (config/config.yaml, batch from its unlearn block), the CIFAR-10 paper
 network (config/cifar10.yaml: diffusers UNet2DModel) and the published teachers' network on CIFAR-10
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true", help="embedded network only")
     ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=["embedded", "cifar10"])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--one", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,7 +122,7 @@ def main() -> None:
 
     results = []
     for net in ["embedded"] if args.skip_paper else args.networks:
-        for var in VARIANTS:
+        for var in ["sfd", *[v for v in args.variants if v != "sfd"]]:  # sfd: the ratio's reference
             cmd = [sys.executable, __file__, "--one", net, var, *sys.argv[1:]]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:
