@@ -71,6 +71,14 @@ def test_trained_sampled_and_unlearned_like_the_unet2d_teacher(trained, tmp_path
         assert res.exit_code == 0, res.output
         gen, gmeta = load_unet(run / "generator_ema")
         assert isinstance(gen, DDPMConditionalUNet) and gmeta["t_init"] > 0
+    base = [*ARCH, *[f"datasets.{DS}.unlearn.methods.{m}.steps=2" for m in ("sa", "salun")],
+            f"datasets.{DS}.unlearn.methods.sa.checkpoint_every=2", f"datasets.{DS}.unlearn.methods.salun.checkpoint_every=2"]
+    for method, inputs in (("sa", ["--teacher", out / "ema", "--teacher-raw", out / "model"]),
+                           ("salun", ["--teacher-raw", out / "model", "--data", data])):  # the baselines too
+        res = _invoke("unlearn", "--config", TEST_YAML, *_sets(base), "-d", DS, "--method", method, "--seed", 0,
+                      *inputs, "--out", tmp_path / method)
+        assert res.exit_code == 0, res.output
+        assert isinstance(load_unet(tmp_path / method / "unet")[0], DDPMConditionalUNet)
 
 
 def _sa_checkpoint(path, net):

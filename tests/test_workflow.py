@@ -99,6 +99,9 @@ def check_recorded_hashes(workdir: Path) -> None:
     # JSON schema alone takes 2.0 for an integer; the parse used to crash on it with a traceback
     ("datasets: {mnist-tiny: {unlearn: {checkpoint_every: 2.0}}}", "'datasets.mnist-tiny.unlearn.checkpoint_every': 2.0"),
     ("datasets: {mnist-tiny: {unlearn: {t_init: 1000}}}", "unlearn.t_init"),
+    ("datasets: {mnist-tiny: {teacher: {sample: {steps: 2000}}}}", "teacher.sample.steps"),
+    ("datasets: {mnist-tiny: {unlearn: {methods: {sfd: {stage2_teacher: fake_score}}}}}", "methods.sfd.stage2_teacher"),
+    ("report: {reference_method: nosuch}", "report.reference_method"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, overlay, key):
     extra = tmp_path / "overlay.yaml"
