@@ -149,6 +149,7 @@ def _check_semantics(cfg: dict) -> None:
         if not b0 < b1 < 1:
             raise ConfigError(f"config key 'datasets.{name}.diffusion.beta_end': need beta_start < beta_end < 1 "
                               f"(got {b0}, {b1})")
+        _check_data_source(name, ds["data"])
         T = diff.get("num_train_timesteps", 1000)
         _check_samplers(name, ds, T)
         _check_teacher_file(name, ds)
@@ -168,6 +169,19 @@ def _check_semantics(cfg: dict) -> None:
                     )
             _check_unlearn(name, unl, ds, T)
     _check_report(cfg)
+
+
+def _check_data_source(name: str, data: dict) -> None:
+    """Channels and classes the source can give (colour is never turned grey)."""
+    from pecker.data.sources import SOURCES
+
+    src, where = SOURCES[data["source"]], f"datasets.{name}.data"
+    if src.channels == 3 and data["channels"] == 1:
+        raise ConfigError(f"config key '{where}.channels': 1 but source {data['source']} has 3 (colour) channels; "
+                          "colour images are not converted to grey, use channels: 3")
+    if data.get("num_classes", 10) != src.num_classes:
+        raise ConfigError(f"config key '{where}.num_classes': {data.get('num_classes')} but source {data['source']} "
+                          f"has {src.num_classes} classes")
 
 
 def _check_samplers(name: str, ds: dict, T: int) -> None:

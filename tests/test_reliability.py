@@ -124,6 +124,7 @@ MALFORMED = [
     ("diffusion.num_train_timesteps=0", "diffusion.num_train_timesteps"),
     ("classifier.val_fraction=1.0", "classifier.val_fraction"),
     ("unlearn.ema_decay=1.5", "unlearn.ema_decay"),
+    ("data.num_classes=5", "data.num_classes"),
 ]
 # Whole-config overrides (outside one dataset's section)
 MALFORMED_TOP = [
@@ -134,6 +135,7 @@ MALFORMED_TOP = [
     (["report.reference_method=nosuch"], "report.reference_method"),
     (["report.references={pecker: nosuch}"], "report.references.pecker"),
     (["device=tpu"], "'device'"),
+    ([f"datasets.{DS}.data.source=cifar10"], "data.channels"),  # test.yaml is grey: colour is never made grey
 ]
 
 

