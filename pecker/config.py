@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import yaml
 
+from pecker.io import canonical_json, is_full_hash
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "config.yaml"
 
@@ -215,8 +217,7 @@ def _check_teacher_file(name: str, ds: dict) -> None:
     if not (f.get("path") or f.get("url")):
         raise ConfigError(f"config key '{where}.path': teacher.source is {teacher['source']}, but neither file.path "
                           "nor file.url is set")
-    sha = str(f.get("sha256") or "")
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+    if not is_full_hash(f.get("sha256")):
         raise ConfigError(f"config key '{where}.sha256': {f.get('sha256')!r} is not a full 64-digit sha256 (the file "
                           "is verified against it before it is read)")
 
@@ -275,10 +276,6 @@ def dataset_config(cfg: dict, dataset: str) -> dict:
         raise ConfigError(
             f"dataset {dataset!r} is not configured under 'datasets' (configured: {known})"
         ) from None
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def config_hash(obj: Any, length: int = 16) -> str:

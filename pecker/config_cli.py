@@ -32,5 +32,4 @@ def hash_(config_files, overrides, dataset, stage, method, seed) -> None:
     """Print the config hash of one stage: the number its rule param, resume guard and result files
     record (``config_hash``)."""
     cfg = clitools.load_config(config_files, overrides)
-    with clitools.clean_errors():
-        click.echo(workflow.stage_hash(cfg, dataset, stage, method=method, seed=seed))
+    click.echo(workflow.stage_hash(cfg, dataset, stage, method=method, seed=seed))

@@ -92,12 +92,28 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no spaces: the text every content hash of the project is taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_stream(fh, chunk: int = 1 << 20) -> str:
+    """sha256 of what is left to read in the binary file object ``fh``."""
     h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+    while block := fh.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    with Path(path).open("rb") as fh:
+        return sha256_stream(fh)
+
+
+def is_full_hash(value, algo: str = "sha256") -> bool:
+    """Whether ``value`` is a whole hex digest of ``algo`` (64 digits for sha256, 32 for md5)."""
+    text = str(value or "").lower()
+    return len(text) == HEX_LENGTH[algo] and all(c in "0123456789abcdef" for c in text)
 
 
 def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -115,7 +131,7 @@ def verify_checksum(path: str | Path, expected: str, algo: str = "sha256") -> st
     if not path.is_file():
         raise FileNotFoundError(f"file to verify not found: {path}")
     want = str(expected or "").lower()
-    if len(want) != HEX_LENGTH[algo] or any(c not in "0123456789abcdef" for c in want):
+    if not is_full_hash(want, algo):
         raise ChecksumError(f"{path}: the expected {algo} {expected!r} is not a full {HEX_LENGTH[algo]}-digit hash; "
                             "refusing to load it unverified")
     actual = sha256_file(path) if algo == "sha256" else md5_file(path)
@@ -137,7 +153,7 @@ def _jsonable(meta: dict) -> dict:
 def sidecar_digest(meta: dict) -> str:
     """sha256 of a sidecar's canonical JSON without its ``digest`` key."""
     body = {k: v for k, v in _jsonable(meta).items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 def write_sidecar(path: str | Path, meta: dict) -> Path:
@@ -197,11 +213,6 @@ def save_checkpoint(prefix: str | Path, tensors: dict[str, torch.Tensor], meta: 
     return st_path
 
 
-def read_checkpoint_meta(prefix: str | Path) -> dict:
-    """The verified sidecar of checkpoint ``prefix`` (its digest; not yet the tensor file)."""
-    return read_sidecar(Path(prefix).with_suffix(".json"))
-
-
 def load_checkpoint(prefix: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
     """Verify the sidecar's digest and the tensor file's full sha256, then load tensors and metadata.
 
@@ -211,7 +222,7 @@ def load_checkpoint(prefix: str | Path, device: str | torch.device = "cpu") -> t
     if prefix.suffix in (".json", ".safetensors"):
         prefix = prefix.with_suffix("")
     st = prefix.with_suffix(".safetensors")
-    meta = read_checkpoint_meta(prefix)
+    meta = read_sidecar(prefix.with_suffix(".json"))
     if not st.is_file():
         raise IntegrityError(f"{st}: not found (its sidecar {prefix.with_suffix('.json')} is there); {FIX}")
     try:

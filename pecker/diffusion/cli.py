@@ -30,13 +30,12 @@ def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, thread
     clitools.setup_logging(log_file)
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
-    with clitools.clean_errors():
-        ds = cfgmod.dataset_config(cfg, dataset)
-        if ds["teacher"]["source"] != "train":
-            raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': {ds['teacher']['source']}: "
-                                     "the teacher is fetched, not trained (pecker teacher fetch)")
-        data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
-        train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    if ds["teacher"]["source"] != "train":
+        raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': {ds['teacher']['source']}: "
+                                 "the teacher is fetched, not trained (pecker teacher fetch)")
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
+    train_teacher(ds, data_dir, out_dir, clitools.resolve_device(cfg["device"]), max_steps=max_steps)
 
 
 @teacher.command()
@@ -79,8 +78,7 @@ def sample(config_files, overrides, dataset, teacher_prefix, out_path, grid_path
     if per_class:
         overrides = (*overrides, f"datasets.{dataset}.teacher.sample.per_class={per_class}")
     cfg = clitools.load_config(config_files, overrides)
-    with clitools.clean_errors():
-        ds = cfgmod.dataset_config(cfg, dataset)
+    ds = cfgmod.dataset_config(cfg, dataset)
     scfg = ds["teacher"]["sample"]
     device = clitools.resolve_device(cfg["device"])
     model, meta = load_unet(teacher_prefix, device=device)

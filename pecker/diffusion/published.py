@@ -23,8 +23,6 @@ safetensors pair, like every other network of the project.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,14 +33,6 @@ from pecker.diffusion.ddpm_conditional import DDPMConditionalUNet
 from pecker.diffusion.unet import save_unet
 
 WHICH = ("ema", "raw")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _sha256_of_handle(fh, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    while block := fh.read(chunk):
-        h.update(block)
-    return h.hexdigest()
 
 
 def read_published(path: str | Path, expected_sha256: str) -> Any:
@@ -53,14 +43,14 @@ def read_published(path: str | Path, expected_sha256: str) -> Any:
     replaced meanwhile."""
     path = Path(path)
     expected = str(expected_sha256 or "").strip().lower()
-    if not _SHA256.match(expected):
+    if not io.is_full_hash(expected):
         raise ValueError(
             f"expected_sha256 for {path.name} must be the full 64-hex-digit sha256, got {expected_sha256!r}"
         )
     if not path.is_file():
         raise FileNotFoundError(f"published checkpoint not found: {path}")
     with path.open("rb") as fh:
-        actual = _sha256_of_handle(fh)
+        actual = io.sha256_stream(fh)
         if actual != expected:
             raise io.ChecksumError(
                 f"sha256 of {path} is {actual}, expected {expected}: not the published checkpoint "
@@ -113,6 +103,19 @@ def published_state_dict(ckpt: Any, which: str = "ema") -> tuple[dict[str, torch
     return strip_prefix(src), desc
 
 
+def save_published(ckpt: Any, origin: dict, out_prefix: str | Path, arch_cfg: Mapping[str, Any],
+                   which: str = "ema", meta: dict | None = None) -> Path:
+    """Strictly load the ``which`` weights of an already verified and read checkpoint
+    (:func:`read_published`) into the network and save them; returns the safetensors path.
+    ``origin`` (source file name and sha256) goes into the sidecar's ``origin``."""
+    state, desc = published_state_dict(ckpt, which)
+    model = DDPMConditionalUNet(arch_cfg)
+    model.load_state_dict(state, strict=True)
+    return save_unet(out_prefix, model, {
+        "kind": "teacher", "weights": which, "origin": {**origin, "which": which, **desc}, **(meta or {}),
+    })
+
+
 def convert_published(path: str | Path, expected_sha256: str, out_prefix: str | Path,
                       arch_cfg: Mapping[str, Any], which: str = "ema", meta: dict | None = None) -> Path:
     """Verify, read, strictly load and re-save a published SA checkpoint; returns the safetensors path.
@@ -124,12 +127,5 @@ def convert_published(path: str | Path, expected_sha256: str, out_prefix: str | 
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     path = Path(path)
     ckpt = read_published(path, expected_sha256)
-    state, desc = published_state_dict(ckpt, which)
-    del ckpt
-    model = DDPMConditionalUNet(arch_cfg)
-    model.load_state_dict(state, strict=True)
-    return save_unet(out_prefix, model, {
-        "kind": "teacher", "weights": which,
-        "origin": {"file": path.name, "sha256": str(expected_sha256).lower(), "which": which, **desc},
-        **(meta or {}),
-    })
+    origin = {"file": path.name, "sha256": str(expected_sha256).lower()}
+    return save_published(ckpt, origin, out_prefix, arch_cfg, which, meta)

@@ -254,13 +254,15 @@ def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
     meta = {"kind": "teacher", "source": tcfg["source"], "source_file": str(src), "source_sha256": sha,
             "config_hash": chash}
     if tcfg["source"] == "published":
-        from pecker.diffusion.published import convert_published
+        from pecker.diffusion.published import read_published, save_published
         from pecker.diffusion.unet import ddpm_conditional_kwargs
 
         arch = ddpm_conditional_kwargs(ds_cfg["unet"], ds_cfg["data"])
+        ckpt = read_published(src, sha)  # hashed and read once for both weight sets
+        origin = {"file": src.name, "sha256": sha.lower()}
         for which, name in (("ema", "ema"), ("raw", "model")):
-            convert_published(src, sha, out_dir / name, arch, which=which,
-                              meta={**meta, "provenance": Recorder("teacher.fetch", chash).finish()})
+            save_published(ckpt, origin, out_dir / name, arch, which,
+                           meta={**meta, "provenance": Recorder("teacher.fetch", chash).finish()})
         return meta
     io.verify_checksum(src, sha)
     from safetensors.torch import load_file

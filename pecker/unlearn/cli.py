@@ -42,28 +42,27 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teac
     log = clitools.setup_logging(log_file)
     clitools.set_threads(threads)
     cfg = clitools.load_config(config_files, overrides)
-    with clitools.clean_errors():
-        s = unlearn_settings(cfg, dataset, method)
-        ds = cfgmod.dataset_config(cfg, dataset)
-        seeds = method_seeds(ds["unlearn"], method)
-        if seed not in seeds:
-            log.warning("seed %d is not among the seeds of datasets.%s.unlearn.methods.%s: %s", seed, dataset, method, seeds)
-        data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
-        device = clitools.resolve_device(cfg["device"])
-        if s.get("kind", "sfd") == "sfd":
-            from pecker.unlearn.trainer import run_unlearning
+    s = unlearn_settings(cfg, dataset, method)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    seeds = method_seeds(ds["unlearn"], method)
+    if seed not in seeds:
+        log.warning("seed %d is not among the seeds of datasets.%s.unlearn.methods.%s: %s", seed, dataset, method, seeds)
+    data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
+    device = clitools.resolve_device(cfg["device"])
+    if s.get("kind", "sfd") == "sfd":
+        from pecker.unlearn.trainer import run_unlearning
 
-            if teacher_prefix is None:
-                raise cfgmod.ConfigError(f"method {method!r} (kind sfd) needs --teacher")
-            meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir, device, data_dir=data_dir,
-                                  max_steps=max_steps, init_dir=init_dir)
-            name = "generator_ema"
-        else:
-            from pecker.unlearn.baselines import FINAL, run_baseline
+        if teacher_prefix is None:
+            raise cfgmod.ConfigError(f"method {method!r} (kind sfd) needs --teacher")
+        meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir, device, data_dir=data_dir,
+                              max_steps=max_steps, init_dir=init_dir)
+        name = "generator_ema"
+    else:
+        from pecker.unlearn.baselines import FINAL, run_baseline
 
-            meta = run_baseline(cfg, dataset, method, seed, out_dir, device, teacher_prefix=teacher_prefix,
-                                teacher_raw_prefix=teacher_raw_prefix, data_dir=data_dir, max_steps=max_steps)
-            name = FINAL
+        meta = run_baseline(cfg, dataset, method, seed, out_dir, device, teacher_prefix=teacher_prefix,
+                            teacher_raw_prefix=teacher_raw_prefix, data_dir=data_dir, max_steps=max_steps)
+        name = FINAL
     if meta.get("finished") is False:
         log.info("stopped at step %d (--max-steps); rerun to continue", meta["step"])
     else:
