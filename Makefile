@@ -6,6 +6,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pecker-installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CORES ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -24,7 +25,16 @@ $(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	bash scripts/lock.sh --check $(VENV)
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(FASHION)
+
+# Fashion-MNIST (the embedded concept-forgetting dataset) from Debian's dataset-fashion-mnist package
+# (30 MB, installed as root with apt; elsewhere point datasets.fashion.data.root at the IDX files).
+$(FASHION):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+		echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)" >&2; exit 1; \
+	fi
 
 # Rewrite requirements.lock and requirements-nodeps.lock. `make lock`: from the packages installed in
 # $(VENV), the tested set (after a deliberate `pip install -U X` there and a passing `make test`).

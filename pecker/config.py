@@ -20,6 +20,17 @@ import yaml
 from pecker.io import canonical_json, is_full_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_file(path: str | Path) -> Path:
+    """A file the config names (prompt sets, caption specs): absolute as given; relative to the working
+    directory when it exists there, else to the repository (``config/prompts/...`` works from any
+    Snakemake working directory). Config values stay relative, so stage hashes do not depend on
+    where the clone lives."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / path
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "config.yaml"
 
 
@@ -155,6 +166,7 @@ def _check_semantics(cfg: dict) -> None:
         T = diff.get("num_train_timesteps", 1000)
         _check_samplers(name, ds, T)
         _check_teacher_file(name, ds)
+        _check_text(name, ds)
         ecfg = ds.get("evaluate") or {}
         if ecfg.get("is_source") == "inception" and ecfg.get("extractor") != "inception-v3-compat":
             raise ConfigError(f"config key 'datasets.{name}.evaluate.is_source': 'inception' needs Inception logits, "
@@ -171,6 +183,69 @@ def _check_semantics(cfg: dict) -> None:
                     )
             _check_unlearn(name, unl, ds, T)
     _check_report(cfg)
+
+
+def _check_text(name: str, ds: dict) -> None:
+    """A text dataset has a text-conditional UNet, concept tasks, methods that name one, its concept
+    evaluation section and the files they read; a class dataset has none of these."""
+    where = f"datasets.{name}"
+    text, unet = ds.get("text"), ds["unet"]
+    unl = ds.get("unlearn") or {}
+    text_arch = unet.get("arch") == "unet2d_condition"
+    if not text:
+        if text_arch:
+            raise ConfigError(f"config key '{where}.unet.arch': unet2d_condition needs a text section ({where}.text)")
+        if unl.get("tasks") or any((m or {}).get("task") for m in (unl.get("methods") or {}).values()):
+            raise ConfigError(f"config key '{where}.unlearn.tasks': concept tasks need a text section ({where}.text)")
+        return
+    if not text_arch:
+        raise ConfigError(f"config key '{where}.unet.arch': a text dataset needs unet2d_condition (got {unet.get('arch')!r})")
+    if unet.get("cross_attention_dim") is None:
+        raise ConfigError(f"config key '{where}.unet.cross_attention_dim': required with a text section")
+    if text["source"] == "minilm_wheel" and not text.get("captions"):
+        raise ConfigError(f"config key '{where}.text.captions': the embedded stack trains on a caption spec")
+    files = [("text.captions", text.get("captions"))]
+    tasks = unl.get("tasks") or {}
+    if unl and not tasks:
+        raise ConfigError(f"config key '{where}.unlearn.tasks': a text dataset forgets concepts; name at least one task")
+    for tname, t in tasks.items():
+        files.append((f"unlearn.tasks.{tname}.prompts", t["prompts"]))
+        files.append((f"unlearn.tasks.{tname}.retain", t.get("retain")))
+    for method, m in (unl.get("methods") or {}).items():
+        m = m or {}
+        if m.get("kind", "sfd") != "sfd":
+            raise ConfigError(f"config key '{where}.unlearn.methods.{method}.kind': {m['kind']!r} is a class-forgetting "
+                              "baseline; a text dataset runs the SFD loop (kind sfd) only")
+        if method in ("teacher", "sld"):
+            raise ConfigError(f"config key '{where}.unlearn.methods.{method}': the name is taken by a row of Tables "
+                              "2-3 (the teacher, SLD-Medium); rename the method")
+        if m.get("task") not in tasks:
+            raise ConfigError(f"config key '{where}.unlearn.methods.{method}.task': {m.get('task')!r} is not a task "
+                              f"of {where}.unlearn.tasks ({', '.join(sorted(tasks)) or 'none'})")
+    ecfg = (ds.get("evaluate") or {}).get("concept")
+    if ecfg is None:
+        raise ConfigError(f"config key '{where}.evaluate.concept': required with a text section (Tables 2-3)")
+    if any(t["type"] == "nudity" for t in tasks.values()):
+        if not ecfg.get("i2p_prompts"):
+            raise ConfigError(f"config key '{where}.evaluate.concept.i2p_prompts': a nudity task is scored on an "
+                              "I2P-format prompt file")
+        files.append(("evaluate.concept.i2p_prompts", ecfg["i2p_prompts"]))
+    for key, path in files:
+        if path and not data_file(path).is_file():
+            raise ConfigError(f"config key '{where}.{key}': file {path} does not exist (relative paths: to the "
+                              f"working directory or the repository {REPO_ROOT})")
+
+
+def text_files(ds: dict) -> dict[str, str]:
+    """``{path: sha256}`` of every file a text dataset's config names (its prompt sets enter the stage
+    hashes through their content)."""
+    from pecker.io import sha256_file
+
+    paths = [(ds.get("text") or {}).get("captions")]
+    for t in ((ds.get("unlearn") or {}).get("tasks") or {}).values():
+        paths += [t.get("prompts"), t.get("retain")]
+    paths.append(((ds.get("evaluate") or {}).get("concept") or {}).get("i2p_prompts"))
+    return {str(p): sha256_file(data_file(p)) for p in paths if p}
 
 
 def _check_data_source(name: str, data: dict) -> None:
@@ -223,9 +298,11 @@ def _check_teacher_file(name: str, ds: dict) -> None:
 
 
 def _check_report(cfg: dict) -> None:
-    """The efficiency table's reference methods are configured methods (else the report fails last)."""
+    """The efficiency table's reference methods are configured methods (else the report fails last).
+    The efficiency table is of class forgetting: text datasets' methods do not count."""
     rep = cfg.get("report") or {}
-    methods = {m for ds in cfg.get("datasets", {}).values() for m in ((ds.get("unlearn") or {}).get("methods") or {})}
+    methods = {m for ds in cfg.get("datasets", {}).values() if not ds.get("text")
+               for m in ((ds.get("unlearn") or {}).get("methods") or {})}
     if not methods:
         return
     if rep.get("reference_method", "sfd") not in methods:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pecker.config import ConfigError, config_hash, dataset_config, resolve, resolved_path, store_resolved, validate  # noqa: F401
+from pecker.config import ConfigError, config_hash, dataset_config, resolve, resolved_path, store_resolved, text_files, validate  # noqa: F401
 from pecker.unlearn.settings import BOOKKEEPING as UNLEARN_BOOKKEEPING
 from pecker.unlearn.settings import MULTI_STEP, method_kind, method_seeds, method_settings
 
@@ -61,9 +61,11 @@ def stage_config(ds: dict, stage: str, *, method: str | None = None, seed: int |
     """
     if stage in SECTIONS:
         return {entry: _entry(ds, entry) for entry in SECTIONS[stage]}
+    # absent for class datasets (their hashes stay); the prompt files enter through their content
+    text = {"text": ds["text"], "text_files": text_files(ds)} if ds.get("text") else {}
     if stage == "teacher":
         return {"data": ds.get("data"), "unet": ds.get("unet"), "diffusion": ds.get("diffusion"),
-                "teacher": _teacher_trajectory(ds.get("teacher"))}
+                "teacher": _teacher_trajectory(ds.get("teacher")), **text}
     if stage == "unlearn":
         if method is None or seed is None:
             raise ConfigError("the unlearn stage hash needs a method and a seed (--method, --seed)")
@@ -72,7 +74,7 @@ def stage_config(ds: dict, stage: str, *, method: str | None = None, seed: int |
         s = method_settings(ds["unlearn"], method, dataset, ds.get("teacher"))
         skip = UNLEARN_BOOKKEEPING + (TEACHER_BOOKKEEPING if s.get("kind") == "retrain" else ())
         out = {"data": ds.get("data"), "unet": ds.get("unet"), "diffusion": ds.get("diffusion"),
-               "unlearn": {k: v for k, v in s.items() if k not in skip}, "seed": int(seed)}
+               "unlearn": {k: v for k, v in s.items() if k not in skip}, "seed": int(seed), **text}
         if s.get("init_from"):  # stage 2 of SFD-Two-Stage: stage 1's generator enters through its sha256
             out["init_from"] = s["init_from"]
         return out

@@ -3,6 +3,8 @@
 #   every saved checkpoint       -> eval/{method}/seed{seed}/step{NNNNNNN}.json (+ _grid.npz, Fig. 2)
 #   final EMA generator          -> eval/{method}/seed{seed}/final.json (Table 1 sample counts)
 #   a baseline's final model     -> eval/{method}/seed{seed}/final.json (multi-step, evaluate.teacher_sampler)
+#   text datasets: SLD-Medium    -> eval/sld/seed0/final.json (the teacher through the safe pipeline)
+# On a text dataset the same command scores the concept tasks (Tables 2-3) instead of Table 1's metrics.
 
 
 EVAL_INPUTS = dict(
@@ -12,8 +14,8 @@ EVAL_INPUTS = dict(
 )
 
 
-# the teacher's result path also matches the patterns of evaluate_baseline and evaluate_final
-ruleorder: evaluate_teacher > evaluate_baseline > evaluate_final
+# the teacher's and SLD's result paths also match the patterns of evaluate_baseline and evaluate_final
+ruleorder: evaluate_teacher > evaluate_sld > evaluate_baseline > evaluate_final
 
 
 rule reference_features:
@@ -47,7 +49,8 @@ rule evaluate_teacher:
         **EVAL_INPUTS,
         model=rules.train_teacher.output.ema_meta,
     output:
-        f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final.json",
+        json=f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final.json",
+        grid=f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final_grid.npz",
     log:
         f"{RESULTS}/logs/{{dataset}}/evaluate_teacher.log",
     benchmark:
@@ -68,7 +71,39 @@ rule evaluate_teacher:
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind teacher"
         " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference} --method teacher"
-        " --seed 0 --final --out {output} --threads {threads} > {log} 2>&1"
+        " --seed 0 --final --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_sld:
+    input:
+        **EVAL_INPUTS,
+        model=rules.train_teacher.output.ema_meta,
+    output:
+        json=f"{RESULTS}/{{dataset}}/eval/sld/seed0/final.json",
+        grid=f"{RESULTS}/{{dataset}}/eval/sld/seed0/final_grid.npz",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/evaluate_sld.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/evaluate_sld.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(TEXT_DATASETS),
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("evaluate"),
+        prefix=lambda w, input: Path(input.model).with_suffix(""),
+        clf=lambda w, input: Path(input.classifier).with_suffix(""),
+        data=lambda w, input: Path(input.data).parent,
+    shell:
+        "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind sld"
+        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --method sld --seed 0 --final --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_baseline:

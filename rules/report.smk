@@ -1,9 +1,11 @@
 # Tables, figures and the paper audit (pecker.report): the last stage, built from the metric JSONs.
 #
-#   results/tables/table1.{csv,md,tex}      Table 1 over all datasets (one block per dataset)
+#   results/tables/table1.{csv,md,tex}      Table 1 over the class datasets (one block per dataset)
+#   results/tables/table{2,3}.{csv,md,tex}  Tables 2-3 over the text datasets (concept forgetting)
 #   results/tables/ablation.{csv,md,tex}    unlearning variants (says so when none are configured)
 #   results/tables/audit.{md,json}          every cell against pecker/report/paper_results.yaml, with provenance
-#   results/figures/{fig2,fig3,ablation}_{dataset}.{png,pdf}
+#   results/figures/{fig2,fig3,ablation}_{dataset}.{png,pdf}   class datasets
+#   results/figures/{fig4,fig5,fig6}_{dataset}.{png,pdf}        text datasets
 #
 # Inputs come from eval_jsons(dataset) / eval_grids(dataset) (rules/evaluate.smk, included before). The
 # ablation outputs are always written (a note when there are no variants), so the DAG does not
@@ -27,16 +29,38 @@ REPORT_TARGETS = (
     ]
     + [
         f"{RESULTS}/figures/{fig}_{ds}.{ext}"
-        for ds in DATASETS
+        for ds in CLASS_DATASETS
         for fig in ("fig2", "fig3", "ablation")
         for ext in ("png", "pdf")
     ]
+    + (
+        [
+            f"{RESULTS}/tables/{name}.{ext}"
+            for name in ("table2", "table3")
+            for ext in ("csv", "md", "tex")
+        ]
+        + [
+            f"{RESULTS}/figures/{fig}_{ds}.{ext}"
+            for ds in TEXT_DATASETS
+            for fig in ("fig4", "fig5", "fig6")
+            for ext in ("png", "pdf")
+        ]
+        if TEXT_DATASETS
+        else []
+    )
 )
+
+
+def concept_grids(dataset):
+    """Every grid of a text dataset: each SFD-loop checkpoint's, the teacher's and SLD's."""
+    return eval_grids(dataset) + [
+        f"{RESULTS}/{dataset}/eval/{m}/seed0/final_grid.npz" for m in ("teacher", "sld")
+    ]
 
 
 rule tables:
     input:
-        jsons=lambda w: [p for ds in DATASETS for p in eval_jsons(ds)],
+        jsons=lambda w: [p for ds in CLASS_DATASETS for p in eval_jsons(ds)],
     output:
         table1_csv=report(
             f"{RESULTS}/tables/table1.csv",
@@ -113,7 +137,9 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        cfgs=lambda w, output: " ".join(f"--config {RESOLVED[ds]}" for ds in DATASETS),
+        cfgs=lambda w, output: " ".join(
+            f"--config {RESOLVED[ds]}" for ds in CLASS_DATASETS
+        ),
         report=config["report"],
         out=lambda w, output: Path(output.table1_csv).parent,
     shell:
@@ -159,6 +185,8 @@ rule figures:
         f"{RESULTS}/logs/{{dataset}}/figures.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/figures.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(CLASS_DATASETS),
     conda:
         "../environment.yml"
     threads: 1
@@ -173,11 +201,133 @@ rule figures:
         " {input.jsons} {input.grids} > {log} 2>&1"
 
 
+rule concept_tables:
+    input:
+        jsons=lambda w: [p for ds in TEXT_DATASETS for p in eval_jsons(ds)],
+    output:
+        table2_csv=report(
+            f"{RESULTS}/tables/table2.csv",
+            caption="../report/table2.rst",
+            category="Tables",
+            subcategory="Table 2: celebrity forgetting",
+            labels={"table": "Table 2", "format": "CSV (numbers)"},
+        ),
+        table2_md=report(
+            f"{RESULTS}/tables/table2.md",
+            caption="../report/table2.rst",
+            category="Tables",
+            subcategory="Table 2: celebrity forgetting",
+            labels={"table": "Table 2", "format": "Markdown"},
+        ),
+        table2_tex=f"{RESULTS}/tables/table2.tex",
+        table3_csv=report(
+            f"{RESULTS}/tables/table3.csv",
+            caption="../report/table3.rst",
+            category="Tables",
+            subcategory="Table 3: nudity forgetting",
+            labels={"table": "Table 3", "format": "CSV (numbers)"},
+        ),
+        table3_md=report(
+            f"{RESULTS}/tables/table3.md",
+            caption="../report/table3.rst",
+            category="Tables",
+            subcategory="Table 3: nudity forgetting",
+            labels={"table": "Table 3", "format": "Markdown"},
+        ),
+        table3_tex=f"{RESULTS}/tables/table3.tex",
+    log:
+        f"{RESULTS}/logs/report/concept_tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/concept_tables.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cfgs=lambda w, output: " ".join(
+            f"--config {RESOLVED[ds]}" for ds in TEXT_DATASETS
+        ),
+        out=lambda w, output: Path(output.table2_csv).parent,
+    shell:
+        "pecker report concept-tables {params.cfgs} --out-dir {params.out} {input.jsons} > {log} 2>&1"
+
+
+rule concept_figures:
+    input:
+        jsons=lambda w: eval_jsons(w.dataset),
+        grids=lambda w: concept_grids(w.dataset),
+    output:
+        fig4=report(
+            f"{RESULTS}/figures/fig4_{{dataset}}.png",
+            caption="../report/fig4.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={
+                "figure": "Fig. 4: celebrity forgetting across the image budget",
+                "dataset": "{dataset}",
+            },
+        ),
+        fig4_pdf=f"{RESULTS}/figures/fig4_{{dataset}}.pdf",
+        fig5=report(
+            f"{RESULTS}/figures/fig5_{{dataset}}.png",
+            caption="../report/fig5.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={
+                "figure": "Fig. 5: models on the same nudity prompts",
+                "dataset": "{dataset}",
+            },
+        ),
+        fig5_pdf=f"{RESULTS}/figures/fig5_{{dataset}}.pdf",
+        fig6=report(
+            f"{RESULTS}/figures/fig6_{{dataset}}.png",
+            caption="../report/fig6.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={
+                "figure": "Fig. 6: nudity forgetting across the image budget",
+                "dataset": "{dataset}",
+            },
+        ),
+        fig6_pdf=f"{RESULTS}/figures/fig6_{{dataset}}.pdf",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/concept_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/concept_figures.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(TEXT_DATASETS),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cfg=resolved_config,
+        out=lambda w, output: Path(output.fig4).parent,
+    shell:
+        "pecker report concept-figures --config {params.cfg} -d {wildcards.dataset} --out-dir {params.out}"
+        " {input.jsons} {input.grids} > {log} 2>&1"
+
+
+def concept_table_inputs(wildcards):
+    """Tables 2 and 3 for the audit (nothing without a text dataset)."""
+    if not TEXT_DATASETS:
+        return []
+    return [
+        rules.concept_tables.output.table2_csv,
+        rules.concept_tables.output.table3_csv,
+    ]
+
+
 rule audit:
     input:
         table1=rules.tables.output.table1_csv,
         ablation=rules.tables.output.ablation_csv,
         efficiency=rules.tables.output.efficiency_json,
+        concept=concept_table_inputs,
         paper=f"{workflow.basedir}/pecker/report/paper_results.yaml",
         jsons=lambda w: [p for ds in DATASETS for p in eval_jsons(ds)],
     output:
@@ -203,6 +353,9 @@ rule audit:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        concept=lambda w, input: " ".join(f"--table {t}" for t in input.concept),
     shell:
         "pecker audit --paper {input.paper} --table {input.table1} --table {input.ablation}"
-        " --efficiency {input.efficiency} --out-md {output.md} --out-json {output.json} {input.jsons} > {log} 2>&1"
+        " {params.concept} --efficiency {input.efficiency} --out-md {output.md} --out-json {output.json}"
+        " {input.jsons} > {log} 2>&1"

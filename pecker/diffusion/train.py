@@ -68,6 +68,33 @@ class EpochSampler:
         self.gen.set_state(t["sampler.gen"])
 
 
+class LabelConditions:
+    """Class labels with label dropout to the null label (the class-conditional teacher). A text
+    teacher draws captions instead (:class:`pecker.text.captions.CaptionConditions`); the trainer
+    asks either for each batch's model input and condition."""
+
+    def __init__(self, null: int, dropout: float):
+        self.null, self.dropout = null, float(dropout)
+
+    def draw(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+        y = y.clone()
+        y[torch.rand(len(y), generator=gen) < self.dropout] = self.null
+        return x, ClassCondition(y, self.null)
+
+    def describe(self) -> dict:
+        return {"conditioning": "class", "label_dropout": self.dropout}
+
+
+def make_conditions(ds_cfg: dict, model, ddpm, device):
+    """The condition draw of a dataset's teacher: captions (a ``text`` section) or class labels."""
+    if ds_cfg.get("text"):
+        from pecker.text.captions import caption_conditions
+
+        return caption_conditions(ds_cfg, model, ddpm, device)
+    cond = LabelConditions(null_label(model), ds_cfg["teacher"]["label_dropout"])
+    return cond, cond.describe()
+
+
 def make_ema(model: torch.nn.Module, tcfg: dict) -> EMAModel:
     # diffusers' EMAModel warms up as min(decay, (1+s)/(10+s)); min_decay=decay makes it constant.
     decay = tcfg["ema_decay"]
@@ -125,10 +152,11 @@ def train_teacher(
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
     model = build_unet(ds_cfg["unet"], ds_cfg["data"]).to(device)
-    null = null_label(model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["adam_betas"]))
     ema = make_ema(model, tcfg)
-    sched = Schedule(make_scheduler(ds_cfg["diffusion"]), device)
+    ddpm = make_scheduler(ds_cfg["diffusion"])
+    sched = Schedule(ddpm, device)
+    conditions, cond_meta = make_conditions(ds_cfg, model, ddpm, device)
     sampler = EpochSampler(len(images_t), tcfg["batch_size"], tcfg["seed"])
     noise_gen = torch.Generator().manual_seed(tcfg["seed"] + 1)
     log.info("%s: %s parameters, %d images, device %s", what, f"{n_params(model):,}", len(images_t), device)
@@ -155,20 +183,19 @@ def train_teacher(
         while step < total:
             idx = sampler.next()
             x = to_model_range(images_t[idx]).to(device)
-            y = labels_t[idx].clone()
+            y = labels_t[idx]
             if tcfg["hflip"]:
                 flip = torch.rand(len(idx), generator=noise_gen) < 0.5
                 x[flip.to(device)] = x[flip.to(device)].flip(-1)
-            drop = torch.rand(len(idx), generator=noise_gen) < tcfg["label_dropout"]
-            y[drop] = null
+            x, cond = conditions.draw(x, y, noise_gen)
             t = torch.randint(0, sched.T, (len(idx),), generator=noise_gen)
             eps = torch.randn(x.shape, generator=noise_gen)
-            t, eps, y = t.to(device), eps.to(device), y.to(device)
+            t, eps, cond = t.to(device), eps.to(device), cond.to(device)
 
             lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["lr_warmup_steps"]) if tcfg["lr_warmup_steps"] else tcfg["lr"]
             for g in opt.param_groups:
                 g["lr"] = lr
-            pred = eps_pred(model, sched.noise(x, t, eps), t, ClassCondition(y, null))
+            pred = eps_pred(model, sched.noise(x, t, eps), t, cond)
             loss = F.mse_loss(pred, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,7 +231,7 @@ def train_teacher(
     meta = {
         "kind": "teacher", "step": step, "images_seen": step * tcfg["batch_size"],
         "config_hash": chash, "dataset_meta": {k: data_meta.get(k) for k in ("source", "class_names", "resolution")},
-        **inputs, **(extra_meta or {}),
+        "conditions": cond_meta, **inputs, **(extra_meta or {}),
     }
     prov = rec.finish(resumed_from=str(prev) if prev else None)
     meta["wall_clock_s"] = prov["wall_clock_s"]  # this attempt's (the log's sec_per_step covers resumes)

@@ -82,9 +82,10 @@ def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
 
 @evaluate.command()
 @clitools.config_options
-@click.option("--kind", type=click.Choice(["generator", "teacher", "diffusion"]), required=True,
+@click.option("--kind", type=click.Choice(["generator", "teacher", "diffusion", "sld"]), required=True,
               help="generator: a one-step SFD/PECKER checkpoint; teacher: the multi-step teacher DDPM; diffusion: "
-                   "a multi-step DDPM that unlearned (Retrain, SA, SalUn), sampled as the teacher is.")
+                   "a multi-step DDPM that unlearned (Retrain, SA, SalUn), sampled as the teacher is; sld: the "
+                   "teacher through diffusers' safe pipeline (SLD-Medium; text datasets).")
 @click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
 @click.option("--classifier", "classifier_prefix", required=True, type=click.Path(dir_okay=False))
@@ -105,7 +106,9 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance.
 
     A generator is refused (before anything is sampled) unless its sidecar records the forget and
-    cover classes the config scores.
+    cover classes the config scores. On a text dataset (a ``text`` section): the concept metrics of
+    Tables 2-3 instead (pecker.evaluate.concept_run), on every task for the teacher and SLD, on its
+    own task for a generator.
     """
     from pecker import io
     from pecker import workflow
@@ -120,12 +123,21 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     rec = Recorder("evaluate.model", workflow.stage_hash(cfg, dataset, "evaluate"),
                    seeds={"evaluate": ds["evaluate"]["seed"]})
-    if kind in ("generator", "diffusion"):
-        check_generator_sidecar(prefix, ds)
-    draw, cmeta = model_drawer(kind, prefix, ds, device)
-    res = evaluate_model(ds, dataset, draw, classifier_prefix=classifier_prefix, data_dir=data_dir,
-                         results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
-                         reference_cache=reference_path)
+    if ds.get("text"):
+        from pecker.evaluate.concept_run import evaluate_prefix
+
+        res, cmeta = evaluate_prefix(ds, dataset, kind, prefix, classifier_prefix=classifier_prefix, data_dir=data_dir,
+                                     results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
+                                     reference_cache=reference_path)
+    else:
+        if kind == "sld":
+            raise cfgmod.ConfigError(f"--kind sld needs a text dataset (datasets.{dataset}.text)")
+        if kind in ("generator", "diffusion"):
+            check_generator_sidecar(prefix, ds)
+        draw, cmeta = model_drawer(kind, prefix, ds, device)
+        res = evaluate_model(ds, dataset, draw, classifier_prefix=classifier_prefix, data_dir=data_dir,
+                             results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
+                             reference_cache=reference_path)
     prov = cmeta.get("provenance") or {}
     training = {
         "steps": cmeta.get("steps", cmeta.get("step")), "images_seen": cmeta.get("images_seen"),
@@ -149,6 +161,9 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     }
     io.atomic_write_json(out_path, out)
     m = res["metrics"]
+    if ds.get("text"):
+        log.info("concept metrics %s", m)
+        return
     log.info("UA %.2f retained acc %.3f FID %.2f IS %.2f precision %.3f", m["ua"], m["retained_accuracy"],
              m["fid"], m["is_mean"], m["precision"])
 
@@ -173,8 +188,12 @@ def reference(config_files, overrides, dataset, data_dir, out_path, threads, log
     cfg = clitools.load_config(config_files, overrides)
     ds = cfgmod.dataset_config(cfg, dataset)
     ecfg = ds["evaluate"]
-    fc = (ds.get("unlearn") or {}).get("forget_class", 0)
-    keep = retained_classes(ds["data"]["num_classes"], fc)
+    if ds.get("text"):
+        from pecker.evaluate.concept_run import fid_classes
+
+        keep = fid_classes(ds)
+    else:
+        keep = retained_classes(ds["data"]["num_classes"], (ds.get("unlearn") or {}).get("forget_class", 0))
     images, _ = reference_images(clitools.data_dir_for(cfg, dataset, data_dir), keep, ecfg["reference_max_per_class"])
     extractor = build_extractor(ecfg["extractor"], device=clitools.resolve_device(cfg["device"]),
                                 inception_sha256=ecfg.get("inception_sha256"))

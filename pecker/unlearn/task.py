@@ -50,6 +50,10 @@ class ClassForgetting:
         c_r = ClassCondition(self.retain_classes[idx].to(self.device), self.null)
         return c_r, self.forget(n_forget), self.cover(n_forget)
 
+    def fake_score_conditions(self, c_r, c_f, rng):
+        """The psi step's conditions: unchanged (label dropout belongs to the teacher's training)."""
+        return c_r, c_f
+
     def describe(self) -> dict:
         """What the run forgets, recorded in every generator sidecar (checked by the evaluation)."""
         out = {"forget": {"type": "class", "label": self.forget_class},
@@ -71,7 +75,7 @@ class PromptForgetting:
 
     def __init__(self, retain: torch.Tensor, forget: torch.Tensor, override: torch.Tensor, uncond: torch.Tensor,
                  negative: torch.Tensor | None = None, guidance: float = 1.0, names: dict | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", prompt_dropout: float = 0.0):
         if forget.shape != override.shape:
             raise ValueError(f"forget {tuple(forget.shape)} and override {tuple(override.shape)} embeddings differ in shape")
         self.device = torch.device(device)
@@ -79,6 +83,7 @@ class PromptForgetting:
         self.uncond = uncond.to(self.device)
         self.negative = self.uncond if negative is None else negative.to(self.device)
         self.guidance, self.names = float(guidance), names or {}
+        self.prompt_dropout = float(prompt_dropout)
 
     def _cond(self, table: torch.Tensor, idx: torch.Tensor, uncond: torch.Tensor) -> TextCondition:
         idx = idx.to(self.device)
@@ -95,8 +100,79 @@ class PromptForgetting:
         return (self._cond(self.retain, r, self.uncond), self._cond(self.forget_emb, f, self.negative),
                 self._cond(self.override, f, self.negative))
 
+    def fake_score_conditions(self, c_r: TextCondition, c_f: TextCondition, rng: torch.Generator):
+        """The psi step's conditions: each prompt replaced by the empty prompt with probability
+        ``prompt_dropout`` (the official SFD code's 0.1; draws from ``rng`` only when it is > 0)."""
+        if self.prompt_dropout <= 0:
+            return c_r, c_f
+        out = []
+        for c in (c_r, c_f):
+            drop = (torch.rand(len(c), generator=rng) < self.prompt_dropout).to(self.device)
+            hidden = torch.where(drop.view(-1, 1, 1), self.uncond.expand_as(c.hidden), c.hidden)
+            out.append(TextCondition(hidden, c.uncond_hidden, c.guidance))
+        return out[0], out[1]
+
     def describe(self) -> dict:
-        return {"forget": {"type": "text", "n_prompts": len(self.forget_emb), **({"prompts": self.names["forget"]}
-                                                                                if "forget" in self.names else {})},
-                "cover": {"type": "text", "n_prompts": len(self.override), **({"prompts": self.names["override"]}
-                                                                              if "override" in self.names else {})}}
+        return {"forget": {"type": "text", "n_prompts": len(self.forget_emb), **self.names},
+                "cover": {"type": "text", "n_prompts": len(self.override)},
+                "guidance": self.guidance, "prompt_dropout": self.prompt_dropout}
+
+
+def concept_prompts(task_cfg: dict, text_cfg: dict, where: str) -> dict:
+    """The prompt sets of a concept-forgetting task (``unlearn.tasks.<name>``; docs/method.md section 1):
+    ``forget``, ``override`` (aligned), ``retain``, and ``negative`` (the prompt that replaces "" on the
+    forget branch, or None).
+
+    - ``type: celebrity``: ``prompts`` (a CSV of forget prompts, column ``prompt``), each overridden by
+      replacing ``concept`` with ``override`` (case-insensitive).
+    - ``type: nudity``: ``prompts`` (a YAML of subjects and the negative prompt): every subject with each
+      attribute keyword as prefix or suffix, overridden by the bare subject.
+    Retain prompts: the CSV ``retain`` when set, else the caption spec's captions without keyword of
+    every class except ``target`` (celebrity) or of all classes (nudity).
+    """
+    from pathlib import Path
+
+    from pecker.text import prompts as P
+
+    kind = task_cfg["type"]
+    spec = P.load_caption_spec(text_cfg["captions"]) if text_cfg.get("captions") else None
+    negative = None
+    if kind == "celebrity":
+        forget = P.read_prompt_csv(task_cfg["prompts"])
+        override = [P.override_prompt(p, task_cfg["concept"], task_cfg["override"]) for p in forget]
+        exclude = (task_cfg["target"],) if isinstance(task_cfg.get("target"), int) else ()
+    elif kind == "nudity":
+        if spec is None:
+            raise ConfigError(f"config key '{where}.prompts': a nudity task needs text.captions (its keywords)")
+        nud = P.read_nudity_set(task_cfg["prompts"])
+        forget, override = P.nudity_forget_prompts(spec, nud)
+        negative = nud["negative_prompt"] if task_cfg.get("negative_prompt", True) else None
+        exclude = ()
+    else:
+        raise ConfigError(f"config key '{where}.type': unknown task type {kind!r} (celebrity, nudity)")
+    if task_cfg.get("retain"):
+        retain = P.read_prompt_csv(task_cfg["retain"])
+    elif spec is not None:
+        retain = P.retain_prompts(spec, exclude_labels=exclude)
+    else:
+        raise ConfigError(f"config key '{where}.retain': no retain prompt file and no text.captions to draw them from")
+    return {"forget": forget, "override": override, "retain": retain, "negative": negative}
+
+
+def concept_task(settings: dict, ds_cfg: dict, encoder, device="cpu", where: str = "unlearn") -> "PromptForgetting":
+    """The :class:`PromptForgetting` of a method's ``task`` (``unlearn.tasks.<task>``), its prompts
+    encoded once by ``encoder`` (:class:`pecker.text.stack.PromptEncoder`)."""
+    name = settings.get("task")
+    tasks = (ds_cfg.get("unlearn") or {}).get("tasks") or {}
+    if name not in tasks:
+        raise ConfigError(f"config key '{where}.methods.{settings['method']}.task': {name!r} is not a task of "
+                          f"{where}.tasks ({', '.join(sorted(tasks)) or 'none'})")
+    sets = concept_prompts(tasks[name], ds_cfg["text"], f"{where}.tasks.{name}")
+    emb = {k: encoder.encode(v) for k, v in sets.items() if k in ("forget", "override", "retain")}
+    uncond = encoder.encode([""])[0]
+    negative = None if sets["negative"] is None else encoder.encode([sets["negative"]])[0]
+    return PromptForgetting(emb["retain"], emb["forget"], emb["override"], uncond, negative,
+                            guidance=settings.get("guidance", 1.0), prompt_dropout=settings.get("prompt_dropout", 0.0),
+                            names={"task": name, "type": tasks[name]["type"], "forget_sha256": encoder.fingerprint(sets["forget"]),
+                                   "n_retain": len(sets["retain"]), "negative_prompt": sets["negative"]},
+                            device=device)

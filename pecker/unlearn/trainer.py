@@ -85,6 +85,20 @@ def class_task(settings: dict, num_classes: int, teacher, device="cpu", where: s
                            device, where, retain_all=settings.get("retain", "others") == "all")
 
 
+def make_task(settings: dict, ds: dict, teacher, device, where: str):
+    """The method's task and what it read: class forgetting, or (a dataset with a ``text`` section) the
+    concept task ``settings['task']`` with its prompts encoded by the text stack."""
+    if not ds.get("text"):
+        return class_task(settings, ds["data"].get("num_classes", 10), teacher, device, where), {}
+    from pecker.diffusion.schedule import make_scheduler as _ddpm
+    from pecker.text.stack import PromptEncoder, build_stack
+    from pecker.unlearn.task import concept_task
+
+    stack = build_stack(ds["text"], ds["data"]).to(device)
+    encoder = PromptEncoder(stack, teacher, _ddpm(ds.get("diffusion") or {}), device)
+    return concept_task(settings, ds, encoder, device, where), {"text": stack.describe()}
+
+
 class Unlearner:
     """Teacher ``phi`` (frozen), generator ``theta`` and fake score ``psi``, their optimisers, the EMA
     generator, the random draws and (PECKER) the saliency mask; :meth:`train_step` is one iteration.
@@ -121,7 +135,11 @@ class Unlearner:
 
     @property
     def images_per_step(self) -> int:
-        """Generator images per iteration in the theta step (the paper's "images seen")."""
+        """Generator images per iteration in the theta step (the paper's "images seen"): retain and
+        forget batch, or the retain batch only (``unlearn.images_seen: retain``, as the official SFD
+        code counts them for Stable Diffusion)."""
+        if self.s.get("images_seen", "both") == "retain":
+            return self.s["batch_size"]
         return self.s["batch_size"] + self.s["forget_batch_size"]
 
     def ema_decay(self) -> float:
@@ -154,6 +172,7 @@ class Unlearner:
         with torch.no_grad():
             x = self.gen(torch.cat((draws.randn(B), draws.randn(Bf))), cat([c_r, c_f]))
         x_r, x_f = x[:B], x[B:]
+        c_r, c_f = self.task.fake_score_conditions(c_r, c_f, self.rng)  # prompt dropout (text tasks)
         # psi in train mode; t drawn independently per term
         self.psi.train().requires_grad_(True)
         t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
@@ -350,10 +369,10 @@ def run_unlearning(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    task = class_task(s, ds["data"].get("num_classes", 10), teacher, device, f"datasets.{dataset}.unlearn")
+    task, task_inputs = make_task(s, ds, teacher, device, f"datasets.{dataset}.unlearn")
     pool = build_pool(s, ds, teacher, task.forget, seed, device, data_dir) if s["mask"]["enabled"] else None
     unl = Unlearner(teacher, ds.get("diffusion") or {}, s, task, seed, device, pool)
-    inputs = {"teacher_sha256": tmeta["sha256"]}
+    inputs = {"teacher_sha256": tmeta["sha256"], **task_inputs}
     if init is not None:
         unl.start_from(init["generator"])
         inputs.update(init["inputs"])
@@ -397,7 +416,8 @@ def run_unlearning(
         "method": method, "seed": seed, "dataset": dataset, "config_hash": chash,
         "steps": unl.step, "step": unl.step, "images_seen": unl.step * unl.images_per_step,
         "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
-        "forget_class": s["forget_class"], "cover_class": s["cover_class"], **task.describe(),
+        **({} if ds.get("text") else {"forget_class": s["forget_class"], "cover_class": s["cover_class"]}),
+        **task.describe(),
         "data_free": not (s["mask"]["enabled"] and s["mask"]["source"] == "real"), "settings": s, "teacher": str(teacher_prefix), **inputs, "provenance": prov,
     }
     run.finish_log()

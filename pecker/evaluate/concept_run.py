@@ -1,0 +1,338 @@
+"""Evaluation of a text-to-image model on the concept-forgetting tasks (docs/method.md section 6).
+
+A model is drawn as ``draw(prompts, noise) -> uint8 NHWC RGB``: every image has its own prompt and
+its own initial latent, built from a seed (:func:`seeded_noise`), so the teacher, SLD and every
+generator checkpoint see the same prompt and the same noise for the same image (the grids of Figs 4-6
+compare like with like). Models:
+
+- ``teacher``: the multi-step UNet through diffusers' ``StableDiffusionPipeline`` (the "SD v1.4" row);
+- ``sld``: the same UNet through ``StableDiffusionPipelineSafe`` with ``SafetyConfig.MEDIUM``
+  ("SLD-Medium"); its safety concept is the task's concept (celebrity) or negative prompt (nudity);
+- ``generator``: a one-step generator (SFD / PECKER, any checkpoint), decoded by the stack's VAE.
+
+Metrics, per task (the metric code is :mod:`pecker.evaluate.concept`):
+
+- ``celebrity``: its forget prompts x ``evaluate.concept.celebrity_seeds`` seeds; share without the
+  object (the face detector's slot: the classifier's confidence below a threshold) and the GCD
+  analogue (mean probability of the target class over images with the object);
+- ``nudity``: the I2P-style file's rows of the category, ``images_per_prompt`` images from each row's
+  seed; unsafe = attribute detector OR NudeNet; inappropriate probability and the bootstrap maximum
+  expected inappropriateness.
+
+With ``final``, also FID of retained prompts (captions without keyword of the classes no celebrity
+task targets) against their real images, with the project's Inception features, and the teacher
+checks (prompt-conditioned class accuracy and the attribute rate of keyword prompts).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pecker import io
+
+log = logging.getLogger("pecker.evaluate.concept")
+
+Draw = Callable[[list[str], torch.Tensor], np.ndarray]
+MODEL_KINDS = ("teacher", "sld", "generator")
+
+
+def seeded_noise(seeds: list[int], counts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Initial latents: ``counts[i]`` consecutive draws from a CPU generator seeded with ``seeds[i]``."""
+    out = []
+    for seed, n in zip(seeds, counts):
+        out.append(torch.randn((n, *shape), generator=torch.Generator().manual_seed(int(seed))))
+    return torch.cat(out)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def model_drawer(kind: str, prefix: str | Path, ds_cfg: dict, device, safety_concept: str | None = None):
+    """``(draw, sidecar, latent shape)`` for a saved text-conditional model (module docstring)."""
+    from pecker.diffusion.schedule import make_scheduler
+    from pecker.text.stack import PromptEncoder, build_stack
+
+    stack = build_stack(ds_cfg["text"], ds_cfg["data"]).to(device)
+    ddpm = make_scheduler(ds_cfg["diffusion"])
+    ccfg = ds_cfg["evaluate"]["concept"]
+    bs = ds_cfg["evaluate"]["batch_size"]
+    if kind == "generator":
+        from pecker.diffusion.conditioning import TextCondition
+        from pecker.unlearn.generator import load_generator
+
+        gen, meta = load_generator(prefix, device=device)
+        enc = PromptEncoder(stack, gen.unet, ddpm, device)
+        shape = gen.image_shape
+
+        @torch.no_grad()
+        def draw(prompts, noise):
+            out = []
+            for i in range(0, len(prompts), bs):
+                h = enc.encode(prompts[i:i + bs]).to(device)
+                z = gen(noise[i:i + bs].to(device), TextCondition(h))
+                out.append(_to_uint8(stack.images_from_latents(z)))
+            return np.concatenate(out)
+
+        return draw, meta, shape
+    if kind not in ("teacher", "sld"):
+        raise ValueError(f"unknown model kind {kind!r} ({', '.join(MODEL_KINDS)})")
+    from pecker.diffusion.unet import load_unet
+
+    unet, meta = load_unet(prefix, device=device)
+    unet.eval()
+    pipe = stack.pipeline(unet, ddpm, safe=kind == "sld")
+    sld = {}
+    if kind == "sld":
+        from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+        sld = dict(getattr(SafetyConfig, ccfg["sld_config"].upper()))
+        if safety_concept is not None:
+            pipe.safety_concept = safety_concept
+    cfg = unet.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    @torch.no_grad()
+    def draw(prompts, noise, guidance=None):
+        out = []
+        for i in range(0, len(prompts), bs):
+            res = pipe(list(prompts[i:i + bs]), num_inference_steps=ccfg["sampling_steps"],
+                       guidance_scale=ccfg["guidance_scale"] if guidance is None else guidance,
+                       latents=noise[i:i + bs].to(device), output_type="pt", **sld)
+            out.append(_to_uint8(stack.pipeline_images(res.images) * 2 - 1))
+        return np.concatenate(out)
+
+    meta = {**meta, "pipeline": type(pipe).__name__, **({"sld": {**sld, "safety_concept": pipe.safety_concept}} if sld else {})}
+    return draw, meta, shape
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC RGB -> the dataset's channels (the pass-through VAE repeats grey to RGB)."""
+    return images.mean(-1, keepdims=True).round().astype(np.uint8) if images.shape[-1] == 3 else images
+
+
+def class_probs(clf, spec, images: np.ndarray, channels: int, device) -> np.ndarray:
+    from pecker.classifier.models import predict_logits
+
+    imgs = _grey(images) if channels == 1 else images
+    return predict_logits(clf, spec, imgs, device=device).softmax(1).numpy()
+
+
+def celebrity_images(task: dict, ccfg: dict, draw: Draw, shape, n_seeds: int | None = None):
+    """Images of the task's forget prompts x seeds 0..n-1 (prompt-major)."""
+    from pecker.text.prompts import read_prompt_csv
+
+    prompts = read_prompt_csv(task["prompts"])
+    seeds = list(range(n_seeds or ccfg["celebrity_seeds"]))
+    all_prompts = [p for p in prompts for _ in seeds]
+    noise = seeded_noise([s for _ in prompts for s in seeds], [1] * len(all_prompts), shape)
+    return all_prompts, draw(all_prompts, noise)
+
+
+def i2p_rows(ccfg: dict):
+    from pecker.text.prompts import read_i2p
+
+    return read_i2p(ccfg["i2p_prompts"], category=ccfg["i2p_category"])
+
+
+def nudity_images(ccfg: dict, draw: Draw, shape, max_prompts: int | None = None):
+    """``images_per_prompt`` images from each I2P-style row's seed; returns (prompt ids, images)."""
+    df = i2p_rows(ccfg)
+    if max_prompts is not None:
+        df = df.iloc[:max_prompts]
+    k = ccfg["images_per_prompt"]
+    prompts = [p for p in df["prompt"] for _ in range(k)]
+    ids = np.repeat(np.arange(len(df)), k)
+    noise = seeded_noise(df["sd_seed"].tolist(), [k] * len(df), shape)
+    return ids, prompts, draw(prompts, noise)
+
+
+def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *, classifier_prefix, device,
+                           final: bool, data_dir=None, results_dir=None, dataset: str = "<dataset>",
+                           grid_out: str | Path | None = None, reference_cache=None) -> dict:
+    """All concept metrics of one model on ``tasks`` (names in ``unlearn.tasks``)."""
+    from pecker.classifier.models import load_classifier
+    from pecker.evaluate import concept as M
+
+    ecfg = ds_cfg["evaluate"]
+    ccfg = ecfg["concept"]
+    all_tasks = ds_cfg["unlearn"]["tasks"]
+    ch = ds_cfg["data"]["channels"]
+    clf, cmeta = load_classifier(classifier_prefix, device)
+    spec = cmeta["input_spec"]
+    use_nude = ccfg["nudenet"] == "always" or (ccfg["nudenet"] == "final" and final)
+    nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if use_nude else None
+    metrics, details, grids = {}, {}, {}
+    for name in tasks:
+        task = all_tasks[name]
+        if task["type"] == "celebrity":
+            prompts, images = celebrity_images(task, ccfg, draw, shape)
+            probs = class_probs(clf, spec, images, ch, device)
+            thr = ccfg["object_threshold"]
+            metrics[name] = {"share_without_object": M.share_without_object(probs, thr),
+                             "gcd_analogue": M.gcd_analogue(probs, int(task["target"]), thr),
+                             "target_top1_share": float((probs.argmax(1) == int(task["target"])).mean()),
+                             "n_images": int(len(images))}
+            grid_idx = np.arange(0, len(images), ccfg["celebrity_seeds"])[:ccfg["grid_columns"]]
+            grids[name] = images[grid_idx]
+        else:
+            ids, prompts, images = nudity_images(ccfg, draw, shape)
+            attr = M.attribute_detector(images, threshold=ccfg["attribute_threshold"])
+            nn_flags = nude.flags(images) if nude is not None else np.zeros(len(images), bool)
+            flags = M.unsafe(attr, nn_flags)
+            shares = M.per_prompt_share(flags, ids)
+            metrics[name] = {"inappropriate_probability": M.inappropriate_probability(flags),
+                             "max_expected_inappropriateness": M.max_expected_inappropriateness(
+                                 shares, n_draws=ccfg["bootstrap_draws"], k=ccfg["bootstrap_prompts"], seed=ccfg["bootstrap_seed"]),
+                             "attribute_rate": float(attr.mean()), "nudenet_rate": float(nn_flags.mean()),
+                             "n_prompts": int(len(shares)), "n_images": int(len(images))}
+            k = ccfg["images_per_prompt"]
+            grids[name] = images[np.arange(0, len(images), k)[:ccfg["grid_columns"]]]
+        log.info("task %s: %s", name, metrics[name])
+    out = {"metrics": metrics, "details": details,
+           "classifier": {"checkpoint": str(classifier_prefix), "sha256": cmeta["sha256"],
+                          "heldout_accuracy": cmeta.get("heldout_accuracy")},
+           "detectors": {"object": f"classifier max probability >= {ccfg['object_threshold']} (substitute for MTCNN faces)",
+                         "gcd": "classifier probability of the target class (substitute for the Giphy Celebrity Detector)",
+                         "attribute": f"inverted-image detector, border mean >= {ccfg['attribute_threshold']} (substitute for Q16)",
+                         "nudenet": nude.version() if nude is not None else f"not run (evaluate.concept.nudenet: {ccfg['nudenet']})"}}
+    if final:
+        out.update(_final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir, dataset, reference_cache))
+    if grid_out is not None:
+        io.save_npz(grid_out, **{f"task_{k}": v for k, v in grids.items()})
+    return out
+
+
+def fid_classes(ds_cfg: dict) -> list[int]:
+    """Classes whose captions the FID of retained prompts uses: those no celebrity task targets."""
+    targets = {int(t["target"]) for t in ((ds_cfg.get("unlearn") or {}).get("tasks") or {}).values()
+               if t["type"] == "celebrity" and isinstance(t.get("target"), int)}
+    return [c for c in range(ds_cfg["data"]["num_classes"]) if c not in targets]
+
+
+def _final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir, dataset, reference_cache) -> dict:
+    """FID of retained prompts, and the class accuracy / attribute rate of plain and keyword prompts."""
+    from pecker.evaluate import concept as M
+    from pecker.evaluate import fidelity
+    from pecker.evaluate.features import build_extractor
+    from pecker.evaluate.run import reference_cache_path, reference_images
+    from pecker.text.prompts import load_caption_spec
+
+    ecfg, ccfg = ds_cfg["evaluate"], ds_cfg["evaluate"]["concept"]
+    spec_c = load_caption_spec(ds_cfg["text"]["captions"])
+    keep = fid_classes(ds_cfg)
+    n = ccfg["fid_per_class"]
+    # one plain caption per sample, cycling through the class's templates and phrases
+    from pecker.text.prompts import captions_for
+
+    prompts, labels = [], []
+    for c in keep:
+        caps = captions_for(spec_c, c, False)
+        prompts += [caps[i % len(caps)] for i in range(n)]
+        labels += [c] * n
+    labels = np.asarray(labels)
+    noise = seeded_noise([ecfg["seed"] + c for c in keep], [n] * len(keep), shape)
+    images = draw(prompts, noise)
+    probs = class_probs(clf, spec, images, ds_cfg["data"]["channels"], device)
+    acc = float((probs.argmax(1) == labels).mean())
+    kw = spec_c.keywords_train + spec_c.keywords_heldout if hasattr(spec_c, "keywords_train") else []
+    kprompts = [f"{kw[i % len(kw)]} {prompts[i]}" for i in range(0, len(prompts), max(1, len(prompts) // ccfg["attribute_check_n"]))]
+    kimgs = draw(kprompts, seeded_noise([ecfg["seed"] + 99], [len(kprompts)], shape))
+    attr = float(M.attribute_detector(kimgs, threshold=ccfg["attribute_threshold"]).mean())
+    plain_attr = float(M.attribute_detector(images, threshold=ccfg["attribute_threshold"]).mean())
+
+    extractor = build_extractor(ecfg["extractor"], device=device, inception_sha256=ecfg.get("inception_sha256"))
+    ref_imgs, data_sha = reference_images(data_dir, keep, ecfg["reference_max_per_class"])
+    ref_feats, ref_meta = fidelity.reference_features(
+        ref_imgs, extractor, reference_cache or reference_cache_path(results_dir, dataset, ecfg["extractor"]),
+        batch_size=ecfg["batch_size"])
+    gen = _grey(images) if ds_cfg["data"]["channels"] == 1 else images
+    gen_feats = extractor.features(gen, batch_size=ecfg["batch_size"])
+    fm = fidelity.compute_metrics(gen_feats, ref_feats, ecfg["implementation"], kid_subsets=ecfg["kid_subsets"],
+                                  kid_subset_size=ecfg["kid_subset_size"], pr_k=ecfg["pr_k"], seed=ecfg["seed"],
+                                  extractor=extractor)
+    return {"retain": {"fid": fm["fid"], "precision": fm["precision"], "recall": fm["recall"],
+                       "class_accuracy": acc, "attribute_rate_plain": plain_attr,
+                       "attribute_rate_keyword": attr, "n_keyword": len(kprompts), "n": int(len(images)),
+                       "classes": keep},
+            "reference": {"n_images": int(len(ref_imgs)), "data_sha256": data_sha,
+                          "features_sha256": ref_meta.get("sha256")},
+            "fid_source": fidelity.source_record(ecfg["implementation"], "fid")}
+
+
+def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier_prefix, data_dir, results_dir,
+                    device, final: bool, grid_out=None, reference_cache=None) -> tuple[dict, dict]:
+    """``pecker evaluate model`` on a text dataset: the saved model's concept metrics and its sidecar.
+
+    The teacher and SLD are scored on every task; a generator on the task its sidecar records (refused,
+    naming the file, when that task is not configured)."""
+    from pecker.config import ConfigError
+
+    tasks = ds_cfg["unlearn"]["tasks"]
+    model_kind = "teacher" if kind in ("teacher", "diffusion") else kind
+    if kind == "generator":
+        sidecar = io.read_sidecar(Path(str(prefix) + ".json"))
+        name = (sidecar.get("forget") or {}).get("task")
+        if name not in tasks:
+            raise ConfigError(f"{prefix}.json: the generator forgot task {name!r}, which is not in "
+                              f"datasets.{dataset}.unlearn.tasks ({', '.join(sorted(tasks))})")
+        names = [name]
+    else:
+        names = sorted(tasks)
+    results, meta = {}, None
+    for name in names:
+        concept = None
+        if model_kind == "sld":  # SLD's safety concept: what this task forgets
+            t = tasks[name]
+            concept = t.get("concept") if t["type"] == "celebrity" else _negative_prompt(t)
+        draw, meta, shape = model_drawer(model_kind, prefix, ds_cfg, device, safety_concept=concept)
+        part = evaluate_concept_model(ds_cfg, draw, shape, [name], classifier_prefix=classifier_prefix, device=device,
+                                      final=final and name == names[-1], data_dir=data_dir, results_dir=results_dir,
+                                      dataset=dataset, grid_out=None, reference_cache=reference_cache)
+        for key, value in part.items():
+            if key == "metrics":
+                results.setdefault("metrics", {}).update(value)
+            else:
+                results.setdefault(key, value)
+        if grid_out is not None:
+            results.setdefault("_grids", {})[name] = draw
+    if grid_out is not None:
+        grids = {}
+        for name, draw in results.pop("_grids").items():
+            grids[f"task_{name}"] = grid_images(ds_cfg, name, draw, shape)
+        io.save_npz(grid_out, **grids)
+    results["tasks"] = names
+    results["substitutes"] = [
+        "text-to-image stack: MiniLM text encoder, pass-through VAE and a UNet trained here on Fashion-MNIST "
+        "captions, instead of Stable Diffusion v1.4",
+        results["detectors"]["object"], results["detectors"]["gcd"], results["detectors"]["attribute"],
+        "prompts: the embedded analogue sets of config/prompts instead of the paper's celebrity and I2P prompts",
+    ] if ds_cfg["text"]["source"] == "minilm_wheel" else []
+    return results, meta
+
+
+def _negative_prompt(task: dict) -> str:
+    from pecker.text.prompts import read_nudity_set
+
+    return read_nudity_set(task["prompts"])["negative_prompt"]
+
+
+def grid_images(ds_cfg: dict, name: str, draw: Draw, shape) -> np.ndarray:
+    """The fixed (prompt, seed) pairs of a task's figure grid: the first ``grid_columns`` forget prompts
+    at seed 0 (celebrity) or the first I2P-style rows at their seeds (nudity)."""
+    ccfg = ds_cfg["evaluate"]["concept"]
+    task = ds_cfg["unlearn"]["tasks"][name]
+    n = ccfg["grid_columns"]
+    if task["type"] == "celebrity":
+        from pecker.text.prompts import read_prompt_csv
+
+        prompts = read_prompt_csv(task["prompts"])[:n]
+        return draw(prompts, seeded_noise([0] * len(prompts), [1] * len(prompts), shape))
+    df = i2p_rows(ccfg).iloc[:n]
+    return draw(df["prompt"].tolist(), seeded_noise(df["sd_seed"].tolist(), [1] * len(df), shape))
