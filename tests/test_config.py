@@ -117,3 +117,45 @@ def test_unlearn_hash_needs_method_and_seed_and_ignores_bookkeeping():
     h = {(m, s): W.stage_hash(base, "mnist-tiny", "unlearn", method=m, seed=s) for m in ("sfd", "pecker") for s in (0, 1)}
     assert len(set(h.values())) == 4
     assert h[("pecker", 0)] == W.stage_hash(same, "mnist-tiny", "unlearn", method="pecker", seed=0)
+
+
+FT = "datasets.fashion-tiny"
+
+
+@pytest.mark.parametrize("override, key", [
+    (f"{FT}.unet.arch=unet2d", f"{FT}.unet.arch"),
+    (f"{FT}.unlearn.methods.sfd_sneaker.task=brad", f"{FT}.unlearn.methods.sfd_sneaker.task"),
+    (f"{FT}.unlearn.tasks.sneaker.prompts=config/prompts/fashion/nowhere.csv", f"{FT}.unlearn.tasks.sneaker.prompts"),
+    (f"{FT}.text.captions=null", f"{FT}.text.captions"),
+    (f"{FT}.unlearn.tasks.sneaker.type=painting", f"{FT}.unlearn.tasks.sneaker.type"),
+    (f"{FT}.unlearn.methods.sa={{kind: sa}}", f"{FT}.unlearn.methods.sa.kind"),
+    (f"{FT}.unlearn.methods.sld={{task: nudity, lam_psi: 1, mu_psi: 1, lam_theta: 1, mu_theta: 1}}",
+     f"{FT}.unlearn.methods.sld"),
+    (f"{FT}.evaluate.concept.i2p_prompts=null", f"{FT}.evaluate.concept.i2p_prompts"),
+    ("datasets.mnist-tiny.unlearn.methods.sfd.task=sneaker", "datasets.mnist-tiny.unlearn.tasks"),
+])
+def test_bad_text_dataset_names_the_key(override, key):
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.resolve([REPO / "config" / "test.yaml"], [override])
+    assert f"'{key}" in str(err.value)
+
+
+def test_text_dataset_hashes_follow_its_prompt_files(tmp_path):
+    """Editing a prompt file (same path) changes the teacher's and the runs' stage hashes, not the data's;
+    class datasets keep theirs."""
+    import shutil
+
+    copy = tmp_path / "captions.yaml"
+    shutil.copy(REPO / "config" / "prompts" / "fashion" / "captions.yaml", copy)
+
+    def hashes():
+        cfg = cfgmod.resolve([REPO / "config" / "test.yaml"], [f"{FT}.text.captions={copy}"])
+        return (W.stage_hash(cfg, "fashion-tiny", "teacher"), W.stage_hash(cfg, "fashion-tiny", "data"),
+                W.stage_hash(cfg, "fashion-tiny", "unlearn", method="sfd_nudity", seed=0),
+                W.stage_hash(cfg, "mnist-tiny", "teacher"))
+
+    before = hashes()
+    copy.write_text(copy.read_text() + "\n# edited\n")
+    after = hashes()
+    assert after[0] != before[0] and after[2] != before[2]
+    assert after[1] == before[1] and after[3] == before[3]

@@ -45,12 +45,37 @@ def test_test_config_runs_end_to_end(tmp_path):
     assert "No ablation runs" in (out / "tables" / "ablation.md").read_text()
     audit = json.loads((out / "tables" / "audit.json").read_text())
     assert audit["cells"] and not audit["summary"]["missing_provenance"], audit["summary"]
+    check_concept_half(out)
+    assert {"table1", "table2", "table3"} <= {c["table"] for c in audit["cells"]}
     check_recorded_hashes(tmp_path)
     # a second run has nothing to do, and the HTML report builds from what is there
     dry = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     snakemake(tmp_path, "--report", str(out / "report.html"))
     assert "table1" in (out / "report.html").read_text(errors="replace")
+
+
+def check_concept_half(out: Path) -> None:
+    """The text dataset of config/test.yaml: its teacher, SLD, SFD and PECKER evaluations on both tasks,
+    Tables 2-3 and Figs 4-6, with their substitutes recorded."""
+    res = out / "fashion-tiny" / "eval"
+    teacher = json.loads((res / "teacher" / "seed0" / "final.json").read_text())
+    assert set(teacher["metrics"]) == {"sneaker", "nudity"} and teacher["retain"]["n"] > 0
+    assert any("Stable Diffusion" in s for s in teacher["substitutes"])
+    assert teacher["detectors"]["nudenet"]["sha256"]
+    sld = json.loads((res / "sld" / "seed0" / "final.json").read_text())
+    assert sld["kind"] == "sld" and sld["method"] == "sld"
+    for method, task in (("sfd_sneaker", "sneaker"), ("pecker_sneaker", "sneaker"), ("sfd_nudity", "nudity"),
+                         ("pecker_nudity", "nudity")):
+        rec = json.loads((res / method / "seed0" / "final.json").read_text())
+        assert list(rec["metrics"]) == [task] and rec["images_seen"] == 4 * 2  # retain batch only
+        assert len(list((res / method / "seed0").glob("step*_grid.npz"))) == 3
+    t2 = (out / "tables" / "table2.md").read_text()
+    t3 = (out / "tables" / "table3.md").read_text()
+    assert "SLD-Medium" in t2 and "PECKER" in t2 and "SFD" in t3
+    for name in ("tables/table2.csv", "tables/table3.tex", "figures/fig4_fashion-tiny.png",
+                 "figures/fig5_fashion-tiny.pdf", "figures/fig6_fashion-tiny.png"):
+        assert (out / name).stat().st_size > 0, name
 
 
 def check_recorded_hashes(workdir: Path) -> None:

@@ -313,11 +313,20 @@ def _join(values) -> str:
 def audit(tables: dict[str, pd.DataFrame], records: list[dict], paper: Paper, verdicts: list[dict] | None = None) -> dict:
     """All cells of ``tables`` (name -> CSV frame) with the summary and the datasets' comparison notes;
     ``verdicts`` (from ``efficiency.json``) are listed next to the paper's claims."""
-    auditor = Auditor(records, paper)
-    cells = [c for name, t in tables.items() for c in auditor.audit_table(name, t)]
+    from pecker.report import concept
+
+    class_records = [r for r in records if not r.get("tasks")]  # text datasets: Tables 2-3 only
+    auditor = Auditor(class_records, paper)
+    cells = [c for name, t in tables.items()
+             for c in (concept.audit_cells(name, t, records, paper) if name in concept.TABLE_METRICS
+                       else auditor.audit_table(name, t))]
     datasets = sorted({c.dataset for c in cells})
     dataset_notes = {}
     for ds in datasets:
+        if all(c.table in concept.TABLE_METRICS for c in cells if c.dataset == ds):
+            dataset_notes[ds] = (f"Dataset {ds} is a text-to-image analogue: its Table 2-3 cells stand next to the "
+                                 "paper's Stable Diffusion cells as an analogue, not a reproduction (see the substitutes).")
+            continue
         pds, cross = paper.paper_dataset(ds)
         dataset_notes[ds] = (
             f"Dataset {ds} is not in the paper. Its cells are compared with the paper's {pds} rows: this is a "

@@ -100,6 +100,48 @@ def figures(config_files, overrides, dataset, files, results_dir, out_dir, log_f
     log.info("%s: %s", dataset, ", ".join(str(p) for ps in written.values() for p in ps))
 
 
+@report.command("concept-tables")
+@FILES
+@RESULTS_DIR
+@click.option("--config", "-c", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Resolved config of each text dataset (its tasks and methods name the rows).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="results/tables", show_default=True)
+@clitools.log_option
+def concept_tables(files, results_dir, config_files, out_dir, log_file) -> None:
+    """Tables 2 and 3 (table2.*, table3.*: csv, md, tex) in OUT_DIR from the concept metric JSONs
+    (the final evaluations of the text datasets)."""
+    from pecker.report import concept, results
+
+    log = clitools.setup_logging(log_file)
+    try:
+        records = results.load_records(_json_files(files, results_dir))
+    except results.ResultsError as err:
+        raise click.ClickException(str(err)) from None
+    cfgs = {}
+    for f in config_files:
+        cfgs.update(clitools.load_config((f,), ())["datasets"])
+    written = concept.write_concept_tables(records, cfgs, out_dir)
+    log.info("%d metric JSONs -> %s", len(records), ", ".join(str(p) for p in written.values()))
+
+
+@report.command("concept-figures")
+@clitools.config_options
+@FILES
+@click.option("--out-dir", type=click.Path(file_okay=False), default="results/figures", show_default=True)
+@clitools.log_option
+def concept_figures(config_files, overrides, dataset, files, out_dir, log_file) -> None:
+    """fig4_DATASET, fig5_DATASET and fig6_DATASET (.png and .pdf) in OUT_DIR from the text dataset's
+    sample grids (FILES: its ``*_grid.npz``; metric JSONs among them are ignored)."""
+    from pecker import config as cfgmod
+    from pecker.report import concept
+
+    log = clitools.setup_logging(log_file)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    written = concept.write_concept_figures(ds, dataset, [f for f in files if str(f).endswith(".npz")], out_dir)
+    log.info("%s: %s", dataset, ", ".join(str(p) for ps in written.values() for p in ps))
+
+
 @click.command()
 @FILES
 @RESULTS_DIR

@@ -79,17 +79,22 @@ def override_prompt(prompt: str, concept: str, override: str) -> str:
     return pattern.sub(lambda _: override, prompt)
 
 
-def read_prompt_csv(path: str | Path, column: str = "prompt") -> list[str]:
-    """The prompts of column ``column`` of a CSV file, in file order, each stripped and non-empty."""
+def _read_csv(path: str | Path, what: str):
+    """``(resolved path, all-string DataFrame)``; a missing or unreadable file is refused naming it."""
     import pandas as pd
 
     path = _path(path)
     if not path.is_file():
-        raise PromptFileError(f"{path}: prompt file does not exist")
+        raise PromptFileError(f"{path}: {what} does not exist")
     try:
-        df = pd.read_csv(path, keep_default_na=False, dtype=str)
+        return path, pd.read_csv(path, keep_default_na=False, dtype=str)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise PromptFileError(f"{path}: not a readable CSV ({err})") from None
+
+
+def read_prompt_csv(path: str | Path, column: str = "prompt") -> list[str]:
+    """The prompts of column ``column`` of a CSV file, in file order, each stripped and non-empty."""
+    path, df = _read_csv(path, "prompt file")
     if column not in df.columns:
         raise PromptFileError(f"{path}: no column {column!r} (columns: {', '.join(map(str, df.columns))})")
     out = [str(p).strip() for p in df[column]]
@@ -283,13 +288,7 @@ def read_i2p(path: str | Path, category: str = "sexual"):
     Errors name the file, and the column and row where a value is wrong."""
     import pandas as pd
 
-    path = _path(path)
-    if not path.is_file():
-        raise PromptFileError(f"{path}: I2P prompt file does not exist")
-    try:
-        df = pd.read_csv(path, keep_default_na=False, dtype=str)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise PromptFileError(f"{path}: not a readable CSV ({err})") from None
+    path, df = _read_csv(path, "I2P prompt file")
     for col in ("prompt", "categories", "sd_seed", "sd_guidance_scale"):
         if col not in df.columns:
             raise PromptFileError(f"{path}: no column {col!r} (an I2P-format file has {', '.join(I2P_COLUMNS)})")
