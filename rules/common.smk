@@ -173,3 +173,20 @@ def _alternatives(names):
 def unlearn_steps(wildcards):
     """Length of one unlearning run (sets its runtime request)."""
     return pwf.unlearn_settings(config, wildcards.dataset, wildcards.method)["steps"]
+
+
+def concept_grids(dataset):
+    """Every grid of a text dataset: each SFD-loop checkpoint's, the teacher's and SLD's."""
+    return eval_grids(dataset) + [
+        f"{RESULTS}/{dataset}/eval/{m}/seed0/final_grid.npz" for m in ("teacher", "sld")
+    ]
+
+
+def concept_table_inputs(wildcards):
+    """Tables 2 and 3 for the audit (nothing without a text dataset)."""
+    if not TEXT_DATASETS:
+        return []
+    return [
+        rules.concept_tables.output.table2_csv,
+        rules.concept_tables.output.table3_csv,
+    ]

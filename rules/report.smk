@@ -51,13 +51,6 @@ REPORT_TARGETS = (
 )
 
 
-def concept_grids(dataset):
-    """Every grid of a text dataset: each SFD-loop checkpoint's, the teacher's and SLD's."""
-    return eval_grids(dataset) + [
-        f"{RESULTS}/{dataset}/eval/{m}/seed0/final_grid.npz" for m in ("teacher", "sld")
-    ]
-
-
 rule tables:
     input:
         jsons=lambda w: [p for ds in CLASS_DATASETS for p in eval_jsons(ds)],
@@ -310,16 +303,6 @@ rule concept_figures:
     shell:
         "pecker report concept-figures --config {params.cfg} -d {wildcards.dataset} --out-dir {params.out}"
         " {input.jsons} {input.grids} > {log} 2>&1"
-
-
-def concept_table_inputs(wildcards):
-    """Tables 2 and 3 for the audit (nothing without a text dataset)."""
-    if not TEXT_DATASETS:
-        return []
-    return [
-        rules.concept_tables.output.table2_csv,
-        rules.concept_tables.output.table3_csv,
-    ]
 
 
 rule audit:

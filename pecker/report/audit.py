@@ -14,6 +14,13 @@ config hash, checkpoint sha256, the evaluator (library and version, as the metri
 
 Datasets the paper does not use (mnist, mnist-tiny, ...) are compared with the paper's
 ``cross_dataset_reference`` rows (CIFAR-10), labelled as a cross-dataset comparison.
+
+Tables 2-3 (``table2``, ``table3``: the text datasets' concept forgetting) are audited by
+:func:`pecker.report.concept.audit_cells` against the paper's Stable Diffusion cells: ours in percent, the
+rows matched teacher <-> SD v1.4, sld <-> SLD-Medium, SFD <-> SFD-Two-Stage (flagged one-stage without
+``init_from``), PECKER <-> PECKER (100k images), the i-th celebrity task <-> the paper's i-th celebrity;
+every entry of the JSONs' ``substitutes`` is flagged, and the same provenance is required. The metric
+JSONs of text datasets (they carry ``tasks``) never enter the Table 1 cells.
 """
 
 from __future__ import annotations
@@ -318,14 +325,18 @@ def audit(tables: dict[str, pd.DataFrame], records: list[dict], paper: Paper, ve
     class_records = [r for r in records if not r.get("tasks")]  # text datasets: Tables 2-3 only
     auditor = Auditor(class_records, paper)
     cells = [c for name, t in tables.items()
-             for c in (concept.audit_cells(name, t, records, paper) if name in concept.TABLE_METRICS
+             for c in (concept.audit_cells(name, t, records, paper) if name in concept.TABLES
                        else auditor.audit_table(name, t))]
     datasets = sorted({c.dataset for c in cells})
     dataset_notes = {}
     for ds in datasets:
-        if all(c.table in concept.TABLE_METRICS for c in cells if c.dataset == ds):
-            dataset_notes[ds] = (f"Dataset {ds} is a text-to-image analogue: its Table 2-3 cells stand next to the "
-                                 "paper's Stable Diffusion cells as an analogue, not a reproduction (see the substitutes).")
+        if all(c.table in concept.TABLES for c in cells if c.dataset == ds):
+            subst = any(r.get("substitutes") for r in records if str(r["dataset"]) == ds and r.get("tasks"))
+            dataset_notes[ds] = (
+                f"Dataset {ds} is a text-to-image analogue: its Table 2-3 cells stand next to the paper's Stable "
+                "Diffusion cells as an analogue, not a reproduction (see the substitutes)." if subst else
+                f"Dataset {ds} is a text-to-image dataset without recorded substitutes: its Table 2-3 cells are "
+                "compared with the paper's Stable Diffusion cells.")
             continue
         pds, cross = paper.paper_dataset(ds)
         dataset_notes[ds] = (

@@ -3,7 +3,13 @@
     pecker report tables  --out-dir results/tables [--config CFG ...] results/*/eval/*/seed*/*.json
     pecker report figures -d mnist --config results/mnist/configs/<hash>.yaml --out-dir results/figures \\
                           results/mnist/eval/*/seed*/*.json results/mnist/eval/*/seed*/*_grid.npz
+    pecker report concept-tables --config CFG [--config CFG ...] --out-dir results/tables \\
+                          results/fashion/eval/*/seed*/*.json
+    pecker report concept-figures -d fashion --config results/fashion/configs/<hash>.yaml \\
+                          --out-dir results/figures results/fashion/eval/*/seed*/*.json \\
+                          results/fashion/eval/*/seed*/*_grid.npz
     pecker audit --table results/tables/table1.csv --table results/tables/ablation.csv \\
+                 [--table results/tables/table2.csv --table results/tables/table3.csv] \\
                  --out-md results/tables/audit.md --out-json results/tables/audit.json JSON...
 
 Without FILES, ``--results-dir DIR`` finds the metric JSONs (and grids) under DIR. ``pecker audit``
@@ -104,12 +110,13 @@ def figures(config_files, overrides, dataset, files, results_dir, out_dir, log_f
 @FILES
 @RESULTS_DIR
 @click.option("--config", "-c", "config_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Resolved config of each text dataset (its tasks and methods name the rows).")
+              help="Resolved config of each text dataset (repeatable; its unlearn.tasks and unlearn.methods name "
+                   "the rows). A dataset without one is named from its JSONs.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="results/tables", show_default=True)
 @clitools.log_option
 def concept_tables(files, results_dir, config_files, out_dir, log_file) -> None:
-    """Tables 2 and 3 (table2.*, table3.*: csv, md, tex) in OUT_DIR from the concept metric JSONs
-    (the final evaluations of the text datasets)."""
+    """Tables 2 and 3 (table2.*, table3.*: csv, md, tex) in OUT_DIR from the final concept evaluations of
+    the text datasets (FILES: their metric JSONs; other JSONs are ignored)."""
     from pecker.report import concept, results
 
     log = clitools.setup_logging(log_file)
@@ -117,29 +124,55 @@ def concept_tables(files, results_dir, config_files, out_dir, log_file) -> None:
         records = results.load_records(_json_files(files, results_dir))
     except results.ResultsError as err:
         raise click.ClickException(str(err)) from None
-    cfgs = {}
-    for f in config_files:
-        cfgs.update(clitools.load_config((f,), ())["datasets"])
-    written = concept.write_concept_tables(records, cfgs, out_dir)
-    log.info("%d metric JSONs -> %s", len(records), ", ".join(str(p) for p in written.values()))
+    loaded = [clitools.load_config((f,), ()) for f in config_files]
+    cfgs = {name: ds for c in loaded for name, ds in (c.get("datasets") or {}).items()
+            if (ds or {}).get("text") is not None}
+    level = ((loaded[0].get("report") or {}) if loaded else {}).get("interval_level", 0.95)
+    written = concept.write_concept_tables(records, cfgs, out_dir, level=level)
+    n = len(concept.concept_records(records))
+    log.info("%d metric JSONs (%d final concept evaluations) -> %s", len(records), n,
+             ", ".join(str(p) for p in written.values()))
 
 
 @report.command("concept-figures")
 @clitools.config_options
 @FILES
+@RESULTS_DIR
 @click.option("--out-dir", type=click.Path(file_okay=False), default="results/figures", show_default=True)
 @clitools.log_option
-def concept_figures(config_files, overrides, dataset, files, out_dir, log_file) -> None:
-    """fig4_DATASET, fig5_DATASET and fig6_DATASET (.png and .pdf) in OUT_DIR from the text dataset's
-    sample grids (FILES: its ``*_grid.npz``; metric JSONs among them are ignored)."""
+def concept_figures(config_files, overrides, dataset, files, results_dir, out_dir, log_file) -> None:
+    """fig4_DATASET, fig5_DATASET and fig6_DATASET (.png and .pdf) in OUT_DIR.
+
+    FILES are the text dataset's metric JSONs (they give each checkpoint's images seen) and its sample
+    grids (``step*_grid.npz`` of every SFD / PECKER checkpoint, ``final_grid.npz`` of the teacher and SLD)."""
     from pecker import config as cfgmod
-    from pecker.report import concept
+    from pecker.report import concept, results
 
     log = clitools.setup_logging(log_file)
     cfg = clitools.load_config(config_files, overrides)
-    ds = cfgmod.dataset_config(cfg, dataset)
-    written = concept.write_concept_figures(ds, dataset, [f for f in files if str(f).endswith(".npz")], out_dir)
-    log.info("%s: %s", dataset, ", ".join(str(p) for ps in written.values() for p in ps))
+    try:
+        ds_cfg = cfgmod.dataset_config(cfg, dataset)
+    except cfgmod.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    if ds_cfg.get("text") is None:
+        raise click.ClickException(f"dataset {dataset!r} has no 'text' section: Figs 4-6 are for text datasets "
+                                   "(pecker report figures draws the class datasets')")
+    jsons = [f for f in files if str(f).endswith(".json")]
+    grid_paths = [f for f in files if str(f).endswith(".npz")]
+    if not files and results_dir:
+        jsons = results.discover(results_dir, [dataset])
+        grid_paths = sorted(str(p) for p in (Path(results_dir) / dataset / "eval").glob("*/seed*/*_grid.npz"))
+    try:
+        records = results.load_records(jsons)
+    except results.ResultsError as err:
+        raise click.ClickException(str(err)) from None
+    other = sorted({str(r["dataset"]) for r in records} - {dataset})
+    if other:
+        log.warning("ignoring metric JSONs of other datasets: %s", ", ".join(other))
+    records = [r for r in records if str(r["dataset"]) == dataset]
+    written = concept.write_concept_figures(ds_cfg, dataset, grid_paths, out_dir, records=records)
+    log.info("%s: %d grids, %d metric JSONs -> %s", dataset, len(grid_paths), len(records),
+             ", ".join(str(p) for ps in written.values() for p in ps))
 
 
 @click.command()
@@ -147,7 +180,8 @@ def concept_figures(config_files, overrides, dataset, files, out_dir, log_file) 
 @RESULTS_DIR
 @click.option("--table", "table_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               default=("results/tables/table1.csv",), show_default=True,
-              help="A table CSV written by `pecker report tables` (repeatable); its stem names it.")
+              help="A table CSV written by `pecker report tables` or `concept-tables` (repeatable); its stem "
+                   "names it (table2 / table3: the concept tables).")
 @PAPER
 @click.option("--out-md", type=click.Path(dir_okay=False), default="results/tables/audit.md", show_default=True)
 @click.option("--out-json", type=click.Path(dir_okay=False), default="results/tables/audit.json", show_default=True)
