@@ -36,6 +36,7 @@ import pandas as pd
 
 from pecker import io
 from pecker.report import stats
+from pecker.report.audit import _isnan
 from pecker.report.tables import DASH, latex_escape, markdown_table
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sfd": "SFD-Two-Stage",
 PAPER_CELEBRITIES = ({"key": "brad_pitt", "name": "Brad Pitt"}, {"key": "angelina_jolie", "name": "Angelina Jolie"})
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _TYPE_OF_METRIC = {"share_without_object": "celebrity", "inappropriate_probability": "nudity"}
-
-
-def _isnan(v) -> bool:
-    if v is None:
-        return True
-    try:
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def concept_records(records: list[dict]) -> list[dict]:
