@@ -24,7 +24,7 @@
 #   PECKER_SLURM_SRC        tree to copy and run                 (default: this repository)
 #   PECKER_SLURM_CONFIGFILE configfile relative to that tree     (default: config/test.yaml)
 #   PECKER_SLURM_TARGETS    targets (files or rule names) to run  (default: the whole DAG)
-#   PECKER_SLURM_TIMEOUT    seconds allowed for the Snakemake run (default: 1500)
+#   PECKER_SLURM_TIMEOUT    seconds allowed for the Snakemake run (default: 2400)
 #   PECKER_SLURM_KEEP=1     keep the scratch folder (printed at the end)
 #   SNAKEMAKE               snakemake executable (default: .venv/bin/snakemake, else PATH)
 # Exit status: 0 passed, 1 failed, 77 cannot run here (not root, no apt, SLURM already running).
@@ -33,7 +33,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SRC=${PECKER_SLURM_SRC:-$REPO}
 CONFIGFILE=${PECKER_SLURM_CONFIGFILE:-config/test.yaml}
-RUN_TIMEOUT=${PECKER_SLURM_TIMEOUT:-1500}
+RUN_TIMEOUT=${PECKER_SLURM_TIMEOUT:-2400}
 read -r -a TARGETS <<<"${PECKER_SLURM_TARGETS:-}"
 PARTITION=gpu
 MARKER="# written by pecker scripts/slurm_local.sh"
@@ -207,8 +207,10 @@ SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 # log GRES allocations, so the check can see that GPU jobs got the (fake) GPU
 DebugFlags=Gres
-# squeue as status command needs finished jobs to stay visible well past the status interval
-MinJobAge=900
+# squeue as status command needs finished jobs to stay visible well past the status interval, and
+# the checks query every job after the run: keep them for a day (a 23-minute run lost the first
+# 16 jobs with 900 s)
+MinJobAge=86400
 ReturnToService=2
 SlurmdParameters=config_overrides
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:h200:2 State=UNKNOWN

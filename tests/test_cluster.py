@@ -102,7 +102,7 @@ def test_slurm_local_runs_the_test_dag_through_slurm():
     if not have_slurm and not shutil.which("apt-get"):
         pytest.skip("Debian packages slurmctld/slurmd/slurm-client/munge absent and no apt-get")
     targets = os.environ.get("PECKER_SLURM_TARGETS", CI_TARGETS)
-    res = _run_script("slurm_local.sh", timeout=2700, env={"PECKER_SLURM_TARGETS": targets})
+    res = _run_script("slurm_local.sh", timeout=3300, env={"PECKER_SLURM_TARGETS": targets})
     assert "PASS" in res.stderr
 
 
