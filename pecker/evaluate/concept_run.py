@@ -155,8 +155,9 @@ def nudity_images(ccfg: dict, draw: Draw, shape, max_prompts: int | None = None)
 
 def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *, classifier_prefix, device,
                            final: bool, data_dir=None, results_dir=None, dataset: str = "<dataset>",
-                           grid_out: str | Path | None = None, reference_cache=None) -> dict:
-    """All concept metrics of one model on ``tasks`` (names in ``unlearn.tasks``)."""
+                           reference_cache=None) -> dict:
+    """All concept metrics of one model on ``tasks`` (names in ``unlearn.tasks``); the figure grids
+    are :func:`grid_images`."""
     from pecker.classifier.models import load_classifier
     from pecker.evaluate import concept as M
 
@@ -168,7 +169,7 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
     spec = cmeta["input_spec"]
     use_nude = ccfg["nudenet"] == "always" or (ccfg["nudenet"] == "final" and final)
     nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if use_nude else None
-    metrics, details, grids = {}, {}, {}
+    metrics, details = {}, {}
     for name in tasks:
         task = all_tasks[name]
         if task["type"] == "celebrity":
@@ -179,8 +180,6 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
                              "gcd_analogue": M.gcd_analogue(probs, int(task["target"]), thr),
                              "target_top1_share": float((probs.argmax(1) == int(task["target"])).mean()),
                              "n_images": int(len(images))}
-            grid_idx = np.arange(0, len(images), ccfg["celebrity_seeds"])[:ccfg["grid_columns"]]
-            grids[name] = images[grid_idx]
         else:
             ids, prompts, images = nudity_images(ccfg, draw, shape)
             attr = M.attribute_detector(images, threshold=ccfg["attribute_threshold"])
@@ -192,8 +191,6 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
                                  shares, n_draws=ccfg["bootstrap_draws"], k=ccfg["bootstrap_prompts"], seed=ccfg["bootstrap_seed"]),
                              "attribute_rate": float(attr.mean()), "nudenet_rate": float(nn_flags.mean()),
                              "n_prompts": int(len(shares)), "n_images": int(len(images))}
-            k = ccfg["images_per_prompt"]
-            grids[name] = images[np.arange(0, len(images), k)[:ccfg["grid_columns"]]]
         log.info("task %s: %s", name, metrics[name])
     out = {"metrics": metrics, "details": details,
            "classifier": {"checkpoint": str(classifier_prefix), "sha256": cmeta["sha256"],
@@ -204,8 +201,6 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
                          "nudenet": nude.version() if nude is not None else f"not run (evaluate.concept.nudenet: {ccfg['nudenet']})"}}
     if final:
         out.update(_final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir, dataset, reference_cache))
-    if grid_out is not None:
-        io.save_npz(grid_out, **{f"task_{k}": v for k, v in grids.items()})
     return out
 
 
@@ -241,7 +236,7 @@ def _final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir,
     images = draw(prompts, noise)
     probs = class_probs(clf, spec, images, ds_cfg["data"]["channels"], device)
     acc = float((probs.argmax(1) == labels).mean())
-    kw = spec_c.keywords_train + spec_c.keywords_heldout if hasattr(spec_c, "keywords_train") else []
+    kw = list(spec_c.keywords)
     kprompts = [f"{kw[i % len(kw)]} {prompts[i]}" for i in range(0, len(prompts), max(1, len(prompts) // ccfg["attribute_check_n"]))]
     kimgs = draw(kprompts, seeded_noise([ecfg["seed"] + 99], [len(kprompts)], shape))
     attr = float(M.attribute_detector(kimgs, threshold=ccfg["attribute_threshold"]).mean())
@@ -294,7 +289,7 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
         draw, meta, shape = model_drawer(model_kind, prefix, ds_cfg, device, safety_concept=concept)
         part = evaluate_concept_model(ds_cfg, draw, shape, [name], classifier_prefix=classifier_prefix, device=device,
                                       final=final and name == names[-1], data_dir=data_dir, results_dir=results_dir,
-                                      dataset=dataset, grid_out=None, reference_cache=reference_cache)
+                                      dataset=dataset, reference_cache=reference_cache)
         for key, value in part.items():
             if key == "metrics":
                 results.setdefault("metrics", {}).update(value)
