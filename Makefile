@@ -46,7 +46,7 @@ lock:
 # Small networks on 2 cores: two 1-thread jobs side by side do 1.39x the work of one 2-thread job
 # (benchmarks/unlearn_step.py, embedded SFD: 1.08 s/it with 2 threads alone, 1.55 s/it each for two
 # 1-thread runs in parallel). The teacher keeps its 2 threads (it runs nearly alone).
-DEMO_THREADS ?= unlearn=1 unlearn_baseline=1 evaluate_baseline=1 evaluate_checkpoint=1 evaluate_final=1 evaluate_teacher=1 reference_features=1 sample_teacher=1 train_classifier=1
+DEMO_THREADS ?= unlearn=1 unlearn_baseline=1 evaluate_baseline=1 evaluate_checkpoint=1 evaluate_final=1 evaluate_teacher=1 evaluate_sld=1 reference_features=1 sample_teacher=1 train_classifier=1
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(DEMO_THREADS)
@@ -54,7 +54,7 @@ demo: install
 
 test: install
 	bash scripts/lint.sh
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=15
 
 lint: install
 	bash scripts/lint.sh

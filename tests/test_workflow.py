@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -153,15 +154,31 @@ def test_paper_configs_dry_run(tmp_path, cfg):
     assert "rule unlearn_baseline:" in res.stdout and "rule evaluate_baseline:" in res.stdout
 
 
-def test_ablation_overlay_adds_one_run_per_variant_and_seed(tmp_path):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                          "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "ablation.yaml"),
-                          "-n", "--cores", "2"], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    stats = dict(line.split()[:2] for line in res.stdout.splitlines()
-                 if len(line.split()) == 2 and line.split()[1].isdigit())
+def test_ablation_overlay_adds_one_run_per_variant_and_seed():
     from pecker import config as C
+    from pecker import workflow as pwf
 
-    seeds = len(C.resolve([REPO / "config" / "config.yaml"])["datasets"]["mnist"]["unlearn"]["seeds"])
-    assert stats["unlearn"] == str(8 * seeds) and stats["evaluate_final"] == str(8 * seeds), stats
+    base = C.resolve([REPO / "config" / "config.yaml"])
+    overlay = C.resolve([REPO / "config" / "config.yaml", REPO / "config" / "ablation.yaml"])
+    runs = lambda cfg, kinds=None: [r for r in pwf.configured_runs(cfg, kinds) if r[0] == "mnist"]  # noqa: E731
+    seeds = len(base["datasets"]["mnist"]["unlearn"]["seeds"])
+    # six variants per seed on mnist only, all SFD-loop runs; the other datasets are untouched
+    assert len(runs(overlay)) - len(runs(base)) == 6 * seeds
+    assert len(runs(overlay, ("sfd",))) - len(runs(base, ("sfd",))) == 6 * seeds
+    assert [r for r in pwf.configured_runs(overlay) if r[0] != "mnist"] == \
+        [r for r in pwf.configured_runs(base) if r[0] != "mnist"]
+
+    def dry_run_counts(*configs):
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        with tempfile.TemporaryDirectory() as d:
+            res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", d,
+                                  "--configfile", *map(str, configs), "-n", "--cores", "2"],
+                                 capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-4000:]
+        return {ln.split()[0]: int(ln.split()[1]) for ln in res.stdout.splitlines()
+                if len(ln.split()) == 2 and ln.split()[1].isdigit()}
+
+    before = dry_run_counts(REPO / "config" / "config.yaml")
+    after = dry_run_counts(REPO / "config" / "config.yaml", REPO / "config" / "ablation.yaml")
+    for rule in ("unlearn", "evaluate_final"):
+        assert after[rule] - before[rule] == 6 * seeds, (rule, before, after)
