@@ -13,28 +13,22 @@ import yaml
 from pecker.text.prompts import I2P_COLUMNS, load_caption_spec
 
 OUT = Path(__file__).resolve().parents[1] / "config" / "prompts" / "fashion"
-PREFIXES = ["", "a photo of ", "a picture of ", "an image of ", "a close-up photo of ", "a product photo of ",
-            "a small photo of ", "a grayscale photo of ", "a catalogue picture of ", "a thumbnail of "]
-SUFFIXES = ["", " on a plain background", ", centred", ", studio lighting", " seen from the side"]
 SUBJECTS = ["a t-shirt", "a top", "a pair of trousers", "a pullover", "a dress", "a coat", "a sandal", "a shoe",
             "a shirt", "a sneaker", "a bag", "an ankle boot"]
 EVAL_TEMPLATES = ["a photo of {}", "{}", "a picture of {}", "an image of {}"]
 
 
-def celebrity(concept: str) -> list[str]:
-    """50 forget prompts: 10 openings x 5 endings around the concept, every third capitalised."""
-    out = []
-    for i, (p, s) in enumerate((p, s) for p in PREFIXES for s in SUFFIXES):
-        c = concept.title() if i % 3 == 2 else concept
-        out.append(f"{p}{c}{s}")
-    return out
+def celebrity(spec, concept: str) -> list[str]:
+    """The forget prompts: every caption template of the spec around the concept (50 for 10 openings x 5
+    endings), every third capitalised (the text encoder is uncased; the override must not be)."""
+    return [t.format(concept.title() if i % 3 == 2 else concept) for i, t in enumerate(spec.templates)]
 
 
 def main() -> None:
     spec = load_caption_spec(OUT / "captions.yaml")
     for concept in ("a sneaker", "a pullover"):
         name = concept.split()[-1]
-        pd.DataFrame({"prompt": celebrity(concept)}).to_csv(OUT / f"celebrity_{name}.csv", index=False)
+        pd.DataFrame({"prompt": celebrity(spec, concept)}).to_csv(OUT / f"celebrity_{name}.csv", index=False)
     (OUT / "nudity.yaml").write_text(
         "# The nudity-style forget set (docs/method.md section 1): each subject with every train keyword of\n"
         "# captions.yaml as prefix and suffix; override = the bare subject. negative_prompt (all 15 keywords)\n"

@@ -37,3 +37,17 @@ def test_caption_draw_inverts_with_keywords_and_drops_to_empty(spec):
     # deterministic for a seed
     again = cond.draw(x, y, torch.Generator().manual_seed(0))[1]
     assert torch.equal(again.hidden, c.hidden)
+
+
+def test_captions_longer_than_max_length_are_refused():
+    # a suffixed keyword is the end of a caption: the tokenizer would cut exactly the attribute
+    from transformers import BertTokenizerFast
+
+    from pecker.config import ConfigError
+    from pecker.text.captions import check_caption_lengths
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "photo", "of", "bag", ",", "inverted"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=8)
+    check_caption_lengths(tok, ["a bag", "a photo of a bag"], "spec.yaml")  # 4 and 7 tokens fit in 8
+    with pytest.raises(ConfigError, match=r"'text\.max_length': 8 tokens, but 1 captions of spec\.yaml.*up to 9"):
+        check_caption_lengths(tok, ["a bag", "a photo of a bag, inverted"], "spec.yaml")

@@ -74,6 +74,7 @@ def caption_conditions(ds_cfg: dict, unet, ddpm, device="cpu") -> tuple[CaptionC
     spec = load_caption_spec(tcfg["captions"])
     stack = build_stack(tcfg, ds_cfg["data"]).to(device)
     captions = all_captions(spec)
+    check_caption_lengths(stack.tokenizer, captions, tcfg["captions"])
     enc = PromptEncoder(stack, unet, ddpm, device)
     table = enc.encode(captions)
     frac = tcfg.get("attribute_fraction")
@@ -81,3 +82,17 @@ def caption_conditions(ds_cfg: dict, unet, ddpm, device="cpu") -> tuple[CaptionC
     cond = CaptionConditions(spec, captions, table, ds_cfg["data"].get("num_classes", 10),
                              ds_cfg["teacher"]["label_dropout"], frac, stack.latents_from_images, device)
     return cond, {**stack.describe(), "captions_file": str(tcfg["captions"]), "captions_sha256": enc.fingerprint(captions)}
+
+
+def check_caption_lengths(tokenizer, captions: list[str], source) -> None:
+    """Refuse training captions longer than the tokenizer's ``model_max_length`` (``text.max_length``):
+    the pipeline would silently cut them, and a suffixed attribute keyword is what gets cut."""
+    from pecker.config import ConfigError
+
+    limit = int(tokenizer.model_max_length)
+    lengths = [len(ids) for ids in tokenizer(list(captions), truncation=False)["input_ids"]]
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[worst] > limit:
+        n = sum(n > limit for n in lengths)
+        raise ConfigError(f"config key 'text.max_length': {limit} tokens, but {n} captions of {source} are longer, "
+                          f"up to {lengths[worst]} ({captions[worst]!r}); raise it to at least {lengths[worst]}")

@@ -151,6 +151,25 @@ def _strings(path, key, value, allow_empty=False) -> tuple[str, ...]:
     return out
 
 
+def _template_product(path, value: dict) -> tuple[str, ...]:
+    """``templates: {openings: [...], endings: [...]}``: every ``opening + "{}" + ending``, opening-major.
+    Entries are kept verbatim (spaces included; "" is allowed and means none), distinct, brace-free."""
+    if set(value) != {"openings", "endings"}:
+        _fail(path, "templates", "as a mapping, must have exactly the keys openings and endings")
+    parts = {}
+    for key in ("openings", "endings"):
+        v = value[key]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            _fail(path, f"templates.{key}", f"must be a non-empty list of strings, not {v!r}")
+        if len(set(v)) != len(v):
+            _fail(path, f"templates.{key}", f"has a repeated entry: {[x for x in v if v.count(x) > 1][0]!r}")
+        bad = [x for x in v if "{" in x or "}" in x]
+        if bad:
+            _fail(path, f"templates.{key}", f"{bad[0]!r} must not hold a brace")
+        parts[key] = v
+    return tuple(f"{o}{{}}{e}" for o in parts["openings"] for e in parts["endings"])
+
+
 def load_caption_spec(path: str | Path, num_classes: int | None = None) -> CaptionSpec:
     """Read and check a caption spec (see the module docstring): a non-empty list of classes (exactly
     ``num_classes`` when given: 10 for Fashion-MNIST, the config's ``data.num_classes``), each with a
@@ -189,7 +208,8 @@ def load_caption_spec(path: str | Path, num_classes: int | None = None) -> Capti
         if both:
             _fail(path, f"{key}.generic", f"{sorted(both)[0]!r} is also one of the class's phrases")
         out.append(ClassCaptions(c["name"].strip(), phrases, generic))
-    templates = _strings(path, "templates", raw.get("templates"))
+    raw_t = raw.get("templates")
+    templates = _template_product(path, raw_t) if isinstance(raw_t, dict) else _strings(path, "templates", raw_t)
     for t in templates:
         if t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
             _fail(path, "templates", f"{t!r} must hold exactly one {{}} slot and no other brace")
