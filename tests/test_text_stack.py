@@ -85,6 +85,35 @@ def test_pipelines_run_on_the_embedded_stack(stack, unet):
         assert out.shape == (2, 3, 8, 8) and 0 <= float(out.min()) and float(out.max()) <= 1
 
 
+def test_sld_settings_scale_the_warmup_and_refuse_an_sld_that_never_engages():
+    from pecker.config import ConfigError
+    from pecker.evaluate.concept_run import sld_settings
+
+    base = {"sld_config": "medium", "sampling_steps": 50, "sld_reference_steps": None}
+    assert sld_settings(base)["sld_warmup_steps"] == 10  # SafetyConfig.MEDIUM as published
+    assert sld_settings({**base, "sampling_steps": 10, "sld_reference_steps": 50})["sld_warmup_steps"] == 2
+    with pytest.raises(ConfigError, match="evaluate.concept.sampling_steps.*sld_reference_steps"):
+        sld_settings({**base, "sampling_steps": 10})  # MEDIUM's 10-step warmup covers all 10 steps
+
+
+def test_sld_with_the_scaled_warmup_changes_the_images(stack, unet):
+    """The failure this guards against: at 10 steps SLD-Medium's unscaled warmup left every image
+    identical to the plain pipeline's."""
+    from pecker.evaluate.concept_run import sld_settings
+
+    ddpm = make_scheduler(SD_SCHEDULE)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sld = sld_settings({"sld_config": "medium", "sampling_steps": 5, "sld_reference_steps": 50})
+    outs = []
+    for safe, extra in ((False, {}), (True, sld)):
+        pipe = stack.pipeline(unet, ddpm, safe=safe)
+        if safe:
+            pipe.safety_concept = "a sneaker"
+        outs.append(stack.pipeline_images(pipe(["a sneaker", "a bag"], num_inference_steps=5, guidance_scale=3.0,
+                                               latents=noise.clone(), output_type="pt", **extra).images))
+    assert (outs[0] - outs[1]).abs().max() > 1e-4
+
+
 def _tiny_sd_folder(path, stack):
     """A Stable Diffusion model folder in diffusers' layout with tiny random weights (CLIP text
     encoder, AutoencoderKL, UNet2DConditionModel, scheduler); the tokenizer is MiniLM's (no CLIP vocab

@@ -54,6 +54,30 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def sld_settings(ccfg: dict) -> dict:
+    """The ``sld_*`` arguments of ``StableDiffusionPipelineSafe`` for ``evaluate.concept``: the named
+    ``SafetyConfig``, its warmup rescaled to ``sampling_steps`` when ``sld_reference_steps`` is set.
+
+    SLD starts steering after ``sld_warmup_steps`` of the DDIM steps (MEDIUM: 10, tuned at 50 steps);
+    with fewer sampling steps than that it never engages and "SLD" would equal the plain pipeline, so
+    such a setting is refused (:class:`pecker.config.ConfigError`) before anything is sampled."""
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+    from pecker.config import ConfigError
+
+    sld = dict(getattr(SafetyConfig, ccfg["sld_config"].upper()))
+    steps, ref = ccfg["sampling_steps"], ccfg.get("sld_reference_steps")
+    if ref:
+        sld["sld_warmup_steps"] = int(round(sld["sld_warmup_steps"] * steps / ref))
+    if sld["sld_warmup_steps"] >= steps:
+        raise ConfigError(
+            f"config key 'evaluate.concept.sampling_steps': {steps} DDIM steps, but SafetyConfig."
+            f"{ccfg['sld_config'].upper()} only starts safety guidance after {sld['sld_warmup_steps']} steps, so "
+            "the SLD row would be the plain pipeline; sample more steps or set "
+            "'evaluate.concept.sld_reference_steps' (e.g. 50) to scale the warmup")
+    return sld
+
+
 def model_drawer(kind: str, prefix: str | Path, ds_cfg: dict, device, safety_concept: str | None = None):
     """``(draw, sidecar, latent shape)`` for a saved text-conditional model (module docstring)."""
     from pecker.diffusion.schedule import make_scheduler
@@ -90,9 +114,7 @@ def model_drawer(kind: str, prefix: str | Path, ds_cfg: dict, device, safety_con
     pipe = stack.pipeline(unet, ddpm, safe=kind == "sld")
     sld = {}
     if kind == "sld":
-        from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
-
-        sld = dict(getattr(SafetyConfig, ccfg["sld_config"].upper()))
+        sld = sld_settings(ccfg)
         if safety_concept is not None:
             pipe.safety_concept = safety_concept
     cfg = unet.config
