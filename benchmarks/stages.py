@@ -1,0 +1,379 @@
+"""Each stage of the embedded DAG: measured cost per unit next to its bound (issue: speed).
+
+    python benchmarks/stages.py [--config config/config.yaml] [--dataset mnist] [--threads 2]
+                                [--stages data teacher ...] [--json out.json] [--scratch DIR]
+
+Every stage runs the package's own code on the dataset of the config (its network, batch and
+evaluation sizes; random weights where a trained model is not needed) and times one unit of it. The
+bound is what the unit cannot avoid doing, timed the same way in the same process:
+
+| stage            | unit     | measured                                     | bound                                      |
+|------------------|----------|----------------------------------------------|--------------------------------------------|
+| data             | image    | ``pecker.data.prepare`` of the whole source  | none (I/O and resize)                      |
+| teacher          | step     | ``train_teacher``'s own ``sec_per_step`` log | forward + MSE + backward + Adam, same net  |
+| classifier       | batch    | ``train_classifier``, one epoch              | forward + CE + backward + Adam per batch   |
+| inception        | image    | the extractor's ``features`` (resize incl.)  | the network alone on 299 px float input    |
+| evaluate         | image    | ``evaluate_model`` of a final generator, per | one ``features`` pass per Inception image  |
+|                  |          | image that goes through Inception            |                                            |
+| sample_teacher   | image    | ``sample_batch`` (DDIM, config's steps)      | the UNet forwards it makes, bare           |
+| unlearn_sfd      | iter     | ``Unlearner.train_step``                     | the network passes of an SFD iteration     |
+| unlearn_pecker   | iter     | ``Unlearner.train_step`` (mask every step)   | the same plus the saliency fwd + bwd       |
+
+The bare SFD iteration: generator forward (no grad, B + Bf), fake-score forward + backward + Adam on
+those samples, generator forward with grad, teacher and fake-score forwards on the noised samples,
+one backward to the generator's parameters, Adam. Ratios above 1 are the loop's own overhead.
+
+Each stage runs in its own process (its own thread count, its peak RSS its own) on a scratch folder
+that the data stage fills; run it alone on idle cores. No network is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("data", "teacher", "classifier", "inception", "evaluate", "sample_teacher", "unlearn_sfd",
+          "unlearn_pecker")
+
+
+def _timeit(fn, reps: int, warmup: int = 1) -> float:
+    """Mean seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.mean(times)
+
+
+def _row(stage: str, unit: str, measured: float, bound: float | None, note: str) -> dict:
+    return {"stage": stage, "unit": unit, "measured_s": measured, "bound_s": bound,
+            "ratio": measured / bound if bound else None, "note": note,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _cfg(args):
+    from pecker import config as C
+
+    cfg = C.resolve([ROOT / p for p in args.config], args.set or [])
+    return cfg, C.dataset_config(cfg, args.dataset)
+
+
+def _condition(model, n: int, num_classes: int):
+    import torch
+
+    from pecker.diffusion.conditioning import ClassCondition
+    from pecker.diffusion.unet import null_label
+
+    return ClassCondition(torch.randint(0, num_classes, (n,)), null_label(model))
+
+
+def _bare_teacher_step(model, opt, x, t, eps, cond, sched):
+    import torch.nn.functional as F
+
+    from pecker.diffusion.schedule import eps_pred
+
+    loss = F.mse_loss(eps_pred(model, sched.noise(x, t, eps), t, cond), eps)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def stage_data(args, ds, scratch: Path) -> dict:
+    from pecker.data import load_prepared
+    from pecker.data.prepare import prepare
+
+    t0 = time.perf_counter()
+    prepare(ds["data"], scratch / "data", dataset=args.dataset)
+    dt = time.perf_counter() - t0
+    n = len(load_prepared(scratch / "data")[1])
+    return _row("data", "image", dt / n, None, f"{n} images in {dt:.1f} s")
+
+
+def stage_teacher(args, ds, scratch: Path) -> dict:
+    import csv
+
+    import torch
+
+    from pecker.diffusion.schedule import Schedule, make_scheduler
+    from pecker.diffusion.train import train_teacher
+    from pecker.diffusion.unet import build_unet
+
+    steps, every = args.teacher_steps, max(args.teacher_steps // 3, 1)
+    tcfg = {**ds["teacher"], "steps": steps, "log_every": every, "checkpoint_every": steps, "keep_checkpoints": 1}
+    out = scratch / "teacher"
+    train_teacher({**ds, "teacher": tcfg}, scratch / "data", out, torch.device("cpu"), config_hash="bench")
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    measured = statistics.mean(float(r["sec_per_step"]) for r in rows[1:])  # first window: warm-up
+
+    torch.manual_seed(0)
+    model = build_unet(ds["unet"], ds["data"]).train()
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["adam_betas"]))
+    sched = Schedule(make_scheduler(ds["diffusion"]), "cpu")
+    b, d = tcfg["batch_size"], ds["data"]
+    x = torch.randn(b, d["channels"], d["resolution"], d["resolution"])
+    cond = _condition(model, b, d["num_classes"])
+    bare = _timeit(lambda: _bare_teacher_step(model, opt, x, torch.randint(0, sched.T, (b,)), torch.randn_like(x),
+                                              cond, sched), args.reps, 2)
+    return _row("teacher", "step", measured, bare, f"batch {b}; loop mean of log windows 2-{len(rows)} "
+                f"({every} steps each) of a {steps}-step run")
+
+
+def stage_classifier(args, ds, scratch: Path) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from pecker.classifier.models import build_classifier, input_spec, preprocess
+    from pecker.classifier.train import train_classifier
+    from pecker.data import load_prepared
+
+    ccfg = {**ds["classifier"], "epochs": 1}
+    t0 = time.perf_counter()
+    meta = train_classifier({**ds, "classifier": ccfg}, scratch / "data", scratch / "classifier", torch.device("cpu"))
+    dt = time.perf_counter() - t0
+    n_batches = -(-meta["n_train"] // ccfg["batch_size"])
+
+    images, labels, _ = load_prepared(scratch / "data")
+    d = ds["data"]
+    spec = input_spec(ccfg["arch"], d["channels"], ccfg["input_size"])
+    model = build_classifier(ccfg["arch"], spec["channels_in"], d["num_classes"], ccfg["width"], False).train()
+    opt = torch.optim.Adam(model.parameters(), lr=ccfg["lr"], weight_decay=ccfg["weight_decay"])
+    x = preprocess(images[:ccfg["batch_size"]], spec, "cpu")
+    y = torch.from_numpy(labels[:ccfg["batch_size"]])
+
+    def bare():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _row("classifier", "batch", dt / n_batches, _timeit(bare, args.reps * 3, 2),
+                f"batch {ccfg['batch_size']}, {n_batches} batches + held-out pass + save in {dt:.1f} s")
+
+
+def _extractor(ds):
+    import torch
+
+    from pecker.evaluate.features import build_extractor
+
+    ecfg = ds["evaluate"]
+    return build_extractor(ecfg["extractor"], device=torch.device("cpu"), inception_sha256=ecfg.get("inception_sha256"))
+
+
+def stage_inception(args, ds, scratch: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from pecker.evaluate.features import INCEPTION_SIZE
+
+    ext = _extractor(ds)
+    bs = ds["evaluate"]["batch_size"]
+    d = ds["data"]
+    imgs = np.random.default_rng(0).integers(0, 256, (bs, d["resolution"], d["resolution"], d["channels"]), np.uint8)
+    reps = max(args.reps // 3, 1)  # ~30 s per batch of 100 on 2 cores
+    measured = _timeit(lambda: ext.features(imgs, batch_size=bs), reps) / bs
+    x = torch.randn(bs, 3, INCEPTION_SIZE, INCEPTION_SIZE)
+    with torch.inference_mode():
+        bare = _timeit(lambda: ext.model(x), reps) / bs
+    return _row("inception", "image", measured, bare, f"{ext.name}, batch {bs}, {d['resolution']} px -> 299 px")
+
+
+def stage_evaluate(args, ds, scratch: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from pecker.diffusion.schedule import Schedule, make_scheduler
+    from pecker.diffusion.unet import build_unet
+    from pecker.evaluate import fidelity
+    from pecker.evaluate.run import config_task, evaluate_model, model_drawer, reference_images, retained_classes
+    from pecker.unlearn.generator import OneStepGenerator, save_generator
+
+    if not (scratch / "classifier.json").is_file():
+        sys.exit("evaluate needs the classifier stage's model: run it first (same --scratch)")
+    torch.manual_seed(0)
+    unet = build_unet(ds["unet"], ds["data"])
+    gen = OneStepGenerator(unet, Schedule(make_scheduler(ds["diffusion"]), "cpu"), ds["unlearn"]["t_init"])
+    save_generator(scratch / "generator", gen, ds["diffusion"])
+    ecfg = ds["evaluate"]
+    fc, _ = config_task(ds)
+    keep = retained_classes(ds["data"]["num_classes"], fc)
+    ext = _extractor(ds)
+    cache = scratch / "reference.npz"
+    ref, _ = reference_images(scratch / "data", keep, ecfg["reference_max_per_class"])
+    fidelity.reference_features(ref, ext, cache, batch_size=ecfg["batch_size"])  # cached, as in the DAG
+    draw, _ = model_drawer("generator", scratch / "generator", ds, torch.device("cpu"))
+    t0 = time.perf_counter()
+    evaluate_model(ds, args.dataset, draw, classifier_prefix=scratch / "classifier", data_dir=scratch / "data",
+                   results_dir=scratch, device=torch.device("cpu"), final=True, reference_cache=cache)
+    dt = time.perf_counter() - t0
+    n_inc = ecfg["per_class"] * len(keep)
+    n_pass = min(n_inc, 2 * ecfg["batch_size"])  # the pass's cost per image, on fewer images
+    imgs = np.zeros((n_pass, ds["data"]["resolution"], ds["data"]["resolution"], ds["data"]["channels"]), np.uint8)
+    t0 = time.perf_counter()
+    ext.features(imgs, batch_size=ecfg["batch_size"])
+    one_pass = (time.perf_counter() - t0) / n_pass
+    return _row("evaluate", "image", dt / n_inc, one_pass,
+                f"final generator: {n_inc} retained + {ecfg['n_forget']} forget samples in {dt:.1f} s "
+                "(reference features cached)")
+
+
+def _forward_profile(model, fn) -> list[tuple[int, bool]]:
+    """``(batch, grad enabled)`` of every forward call ``fn()`` makes to ``model``."""
+    import torch
+
+    calls = []
+    h = model.register_forward_hook(lambda m, a, k, o: calls.append((len(a[0]), torch.is_grad_enabled())),
+                                    with_kwargs=True)
+    try:
+        fn()
+    finally:
+        h.remove()
+    return calls
+
+
+def stage_sample_teacher(args, ds, scratch: Path) -> dict:
+    import torch
+
+    from pecker.diffusion.sample import sample_batch
+    from pecker.diffusion.schedule import make_scheduler
+    from pecker.diffusion.unet import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(ds["unet"], ds["data"]).eval()
+    ddpm = make_scheduler(ds["diffusion"])
+    s = ds["evaluate"]["teacher_sampler"]
+    n, d = ds["evaluate"]["batch_size"], ds["data"]
+    labels = torch.randint(0, d["num_classes"], (n,))
+    run = lambda: sample_batch(unet, ddpm, labels, torch.Generator().manual_seed(0), s["sampler"], s["steps"],  # noqa: E731
+                               s.get("guidance_scale"))
+    calls = _forward_profile(unet, run)
+    measured = _timeit(run, max(args.reps // 2, 1)) / n
+    z = torch.randn(calls[0][0], d["channels"], d["resolution"], d["resolution"])
+    cond = _condition(unet, len(z), d["num_classes"])
+    t = torch.full((len(z),), 500)
+    with torch.no_grad():
+        one = _timeit(lambda: cond.call(unet, z, t), args.reps)
+    return _row("sample_teacher", "image", measured, one * len(calls) / n,
+                f"{s['sampler']}-{s['steps']}, batch {n}: {len(calls)} UNet calls of batch {calls[0][0]}")
+
+
+def stage_unlearn(args, ds, scratch: Path, method: str) -> dict:
+    import torch
+
+    from pecker.diffusion.schedule import x0_pred
+    from pecker.diffusion.unet import build_unet
+    from pecker.unlearn.settings import method_settings
+    from pecker.unlearn.trainer import Unlearner, class_task
+
+    s = method_settings(ds["unlearn"], method, args.dataset)
+    if s["mask"]["enabled"]:
+        s = {**s, "mask": {**s["mask"], "refresh": "every_step"}}
+    torch.manual_seed(0)
+    teacher = build_unet(ds["unet"], ds["data"])
+    unl = Unlearner(teacher, ds["diffusion"], s, class_task(s, ds["data"]["num_classes"], teacher, "cpu"), 0, "cpu")
+    measured = _timeit(unl.train_step, args.reps, 1)
+
+    gen, psi, sched, k = unl.gen, unl.psi, unl.sched, ds["data"]["num_classes"]
+    n, nf = s["batch_size"] + s["forget_batch_size"], s["forget_batch_size"]
+    adam = dict(betas=tuple(s["adam_betas"]), eps=s["adam_eps"])
+    opt_g = torch.optim.Adam(gen.unet.parameters(), lr=s["lr_theta"], **adam)
+    opt_p = torch.optim.Adam(psi.parameters(), lr=s["lr_psi"], **adam)
+    cond = _condition(gen.unet, n, k)
+    noise = lambda m: torch.randn(m, *gen.image_shape)  # noqa: E731
+    tt = lambda m: torch.randint(s["t_min"], s["t_max"], (m,))  # noqa: E731
+
+    def bare():
+        with torch.no_grad():
+            x = gen(noise(n), cond)
+        t, eps = tt(n), noise(n)
+        loss = (x0_pred(psi.train().requires_grad_(True), sched, sched.noise(x, t, eps), t, cond) - x).square().mean()
+        opt_p.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_p.step()
+        if s["mask"]["enabled"]:  # saliency: gradient of the generator's denoising loss on forget samples
+            t_f, e_f = tt(nf), noise(nf)
+            sal = (gen.unet(sched.noise(x[:nf], t_f, e_f), t_f, class_labels=cond.labels[:nf]).sample - e_f)
+            torch.autograd.grad(sal.square().mean(), list(gen.unet.parameters()))
+        psi.eval().requires_grad_(False)
+        x = gen(noise(n), cond)
+        t, eps = tt(n), noise(n)
+        z = sched.noise(x, t, eps)
+        q = x0_pred(unl.teacher, sched, z, t, cond) - x0_pred(psi, sched, z, t, cond)
+        opt_g.zero_grad(set_to_none=True)
+        (q * (x - q)).mean().backward()
+        opt_g.step()
+
+    bound = _timeit(bare, args.reps, 1)
+    return _row(f"unlearn_{method}", "iter", measured, bound,
+                f"batch {s['batch_size']}+{nf}" + (", mask every step" if s["mask"]["enabled"] else ""))
+
+
+RUN = {"data": stage_data, "teacher": stage_teacher, "classifier": stage_classifier, "inception": stage_inception,
+       "evaluate": stage_evaluate, "sample_teacher": stage_sample_teacher,
+       "unlearn_sfd": lambda a, d, s: stage_unlearn(a, d, s, "sfd"),
+       "unlearn_pecker": lambda a, d, s: stage_unlearn(a, d, s, "pecker")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", nargs="+", default=["config/config.yaml"])
+    ap.add_argument("--set", nargs="*", help="config overrides key=value")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=6, help="timed repetitions per bound (loops: see each stage)")
+    ap.add_argument("--teacher-steps", type=int, default=60)
+    ap.add_argument("--scratch", type=Path, default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        _, ds = _cfg(args)
+        print(json.dumps(RUN[args.one](args, ds, args.scratch)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="pecker-stages-") as tmp:
+        scratch = args.scratch or Path(tmp)
+        stages = list(args.stages)
+        if "data" not in stages and not (scratch / "data" / "train.npz").is_file():
+            stages.insert(0, "data")
+        if "evaluate" in stages and "classifier" not in stages and not (scratch / "classifier.json").is_file():
+            stages.insert(stages.index("evaluate"), "classifier")
+        rows = []
+        for st in stages:
+            rest = [a for a in sys.argv[1:] if a not in ("--one",)]
+            cmd = [sys.executable, __file__, *rest, "--one", st, "--scratch", str(scratch)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"stage {st} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  done {st} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    print(f"dataset {args.dataset} ({', '.join(args.config)}), {args.threads} threads, CPU")
+    print(f"{'stage':15} {'unit':6} {'measured s':>11} {'bound s':>9} {'ratio':>6} {'RSS MB':>7}  note")
+    for r in rows:
+        bound = f"{r['bound_s']:9.4f}" if r["bound_s"] else f"{'-':>9}"
+        ratio = f"{r['ratio']:6.2f}" if r["ratio"] else f"{'-':>6}"
+        print(f"{r['stage']:15} {r['unit']:6} {r['measured_s']:11.4f} {bound} {ratio} {r['peak_rss_mb']:7.0f}  "
+              f"{r['note']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
