@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from pecker.classifier.models import load_classifier, predict_logits
-from pecker.classifier.train import stratified_split, train_classifier
+from pecker.classifier.train import augment_batch, stratified_split, train_classifier
 from pecker.evaluate.accuracy import label_accuracy, unlearning_accuracy
 from tests.helpers import tiny_config, tiny_dataset
 
@@ -12,6 +12,21 @@ def test_stratified_split_holds_out_each_class():
     tr, va = stratified_split(labels, 0.1, seed=0)
     assert len(set(tr) & set(va)) == 0 and len(tr) + len(va) == 200
     assert all((labels[va] == c).sum() == 2 for c in range(10))
+
+
+def test_augment_batch_crops_each_image_at_its_own_shift():
+    x = torch.randn(9, 3, 16, 16)
+    for mode in ("shift", "shift_flip"):
+        out = augment_batch(x, mode, torch.Generator().manual_seed(3))
+        gen = torch.Generator().manual_seed(3)  # the same draws, cropped one image at a time
+        xp = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+        dx, dy = torch.randint(0, 5, (9,), generator=gen), torch.randint(0, 5, (9,), generator=gen)
+        ref = torch.stack([xp[i, :, dy[i]:dy[i] + 16, dx[i]:dx[i] + 16] for i in range(9)])
+        if mode == "shift_flip":
+            flip = torch.rand(9, generator=gen) < 0.5
+            ref[flip] = ref[flip].flip(-1)
+        assert torch.equal(out, ref)
+    assert torch.equal(augment_batch(x, "none", torch.Generator()), x)
 
 
 def test_classifier_learns_and_round_trips(tmp_path):

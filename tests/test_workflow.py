@@ -66,6 +66,8 @@ def check_concept_half(out: Path) -> None:
     assert teacher["detectors"]["nudenet"]["sha256"]
     sld = json.loads((res / "sld" / "seed0" / "final.json").read_text())
     assert sld["kind"] == "sld" and sld["method"] == "sld"
+    assert set(sld["sld"]) == {"sneaker", "nudity"} and sld["sld"]["sneaker"]["safety_concept"] == "a sneaker"
+    assert all(v["sld_warmup_steps"] < 2 for v in sld["sld"].values())  # engages within test.yaml's 2 DDIM steps
     for method, task in (("sfd_sneaker", "sneaker"), ("pecker_sneaker", "sneaker"), ("sfd_nudity", "nudity"),
                          ("pecker_nudity", "nudity")):
         rec = json.loads((res / method / "seed0" / "final.json").read_text())

@@ -45,7 +45,9 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Ten
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    out = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1): one crop per image, gathered at once
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    out = xp[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
     if mode == "shift_flip":
         flip = torch.rand(n, generator=gen) < 0.5
         out[flip] = out[flip].flip(-1)
@@ -97,7 +99,8 @@ def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path,
         history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_accuracy": acc})
         log.info("epoch %d train loss %.4f held-out accuracy %.4f", epoch + 1, total / max(n, 1), acc)
 
-    val_pred = predict_logits(model, spec, images[va], device=device).argmax(1).numpy()
+    if not ccfg["epochs"]:  # otherwise the last epoch's held-out predictions are the final model's
+        val_pred = predict_logits(model, spec, images[va], device=device).argmax(1).numpy()
     meta = {
         "arch": {"name": ccfg["arch"], "in_channels": spec["channels_in"], "num_classes": k, "width": ccfg["width"],
                  "pretrained": ccfg["pretrained"], "pretrained_sha256": init_sha256},

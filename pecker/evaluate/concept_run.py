@@ -309,6 +309,8 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
             t = tasks[name]
             concept = t.get("concept") if t["type"] == "celebrity" else _negative_prompt(t)
         draw, meta, shape = model_drawer(model_kind, prefix, ds_cfg, device, safety_concept=concept)
+        if "sld" in meta:  # the settings SLD ran with (warmup as scaled) and this task's safety concept
+            results.setdefault("sld", {})[name] = meta["sld"]
         part = evaluate_concept_model(ds_cfg, draw, shape, [name], classifier_prefix=classifier_prefix, device=device,
                                       final=final and name == names[-1], data_dir=data_dir, results_dir=results_dir,
                                       dataset=dataset, reference_cache=reference_cache)
