@@ -359,8 +359,7 @@ def main() -> None:
             stages.insert(stages.index("evaluate"), "classifier")
         rows = []
         for st in stages:
-            rest = [a for a in sys.argv[1:] if a not in ("--one",)]
-            cmd = [sys.executable, __file__, *rest, "--one", st, "--scratch", str(scratch)]
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", st, "--scratch", str(scratch)]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if proc.returncode:

@@ -99,8 +99,7 @@ def train_classifier(ds_cfg: dict, data_dir: str | Path, out_prefix: str | Path,
         history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_accuracy": acc})
         log.info("epoch %d train loss %.4f held-out accuracy %.4f", epoch + 1, total / max(n, 1), acc)
 
-    if not ccfg["epochs"]:  # otherwise the last epoch's held-out predictions are the final model's
-        val_pred = predict_logits(model, spec, images[va], device=device).argmax(1).numpy()
+    # val_pred: the last epoch's held-out predictions are the final model's (the schema asks epochs >= 1)
     meta = {
         "arch": {"name": ccfg["arch"], "in_channels": spec["channels_in"], "num_classes": k, "width": ccfg["width"],
                  "pretrained": ccfg["pretrained"], "pretrained_sha256": init_sha256},
