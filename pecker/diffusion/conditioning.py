@@ -59,11 +59,12 @@ class Condition(ABC):
 
     def eps(self, model, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise prediction, guided when ``guidance != 1`` (conditional and unconditional halves in
-        one batched call)."""
+        one batched call). Always float32, also when the network ran under bfloat16 autocast
+        (:mod:`pecker.diffusion.precision`; at float32 ``.float()`` is the tensor itself)."""
         if self.guidance == 1.0:
-            return self.call(model, z, t)
+            return self.call(model, z, t).float()
         both = cat([self.with_guidance(1.0), self.unconditional()])
-        cond, uncond = both.call(model, torch.cat([z, z]), torch.cat([t, t])).chunk(2)
+        cond, uncond = both.call(model, torch.cat([z, z]), torch.cat([t, t])).float().chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
     @abstractmethod

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pecker import io
 from pecker.data import load_prepared, to_model_range
 from pecker.diffusion.conditioning import ClassCondition
+from pecker.diffusion.precision import Precision
 from pecker.diffusion.schedule import Schedule, eps_pred, make_scheduler
 from pecker.diffusion.unet import build_unet, n_params, null_label, save_unet
 from pecker.provenance import Recorder
@@ -151,7 +152,9 @@ def train_teacher(
         log.info("%s: %d images of class %d left out, %d kept", what, int((~keep).sum()), exclude_class, len(labels))
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
 
+    precision = Precision.from_config(tcfg.get("precision"), "teacher.precision", device)
     model = build_unet(ds_cfg["unet"], ds_cfg["data"]).to(device)
+    precision.prepare(model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg["lr"], betas=tuple(tcfg["adam_betas"]))
     ema = make_ema(model, tcfg)
     ddpm = make_scheduler(ds_cfg["diffusion"])
@@ -195,8 +198,9 @@ def train_teacher(
             lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["lr_warmup_steps"]) if tcfg["lr_warmup_steps"] else tcfg["lr"]
             for g in opt.param_groups:
                 g["lr"] = lr
-            pred = eps_pred(model, sched.noise(x, t, eps), t, cond)
-            loss = F.mse_loss(pred, eps)
+            with precision.forward(device):  # a no-op at float32; the backward pass runs outside it
+                pred = eps_pred(model, sched.noise(x, t, eps), t, cond)
+                loss = F.mse_loss(pred, eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
@@ -231,7 +235,7 @@ def train_teacher(
     meta = {
         "kind": "teacher", "step": step, "images_seen": step * tcfg["batch_size"],
         "config_hash": chash, "dataset_meta": {k: data_meta.get(k) for k in ("source", "class_names", "resolution")},
-        "conditions": cond_meta, **inputs, **(extra_meta or {}),
+        "conditions": cond_meta, "precision": precision.describe(), **inputs, **(extra_meta or {}),
     }
     prov = rec.finish(resumed_from=str(prev) if prev else None)
     meta["wall_clock_s"] = prov["wall_clock_s"]  # this attempt's (the log's sec_per_step covers resumes)

@@ -45,7 +45,7 @@ class OneStepGenerator(torch.nn.Module):
         z0 = self.s_init * n
         t = torch.full((len(n),), self.t_init, device=n.device, dtype=torch.long)
         # always unguided: guidance belongs to the score networks' calls inside the losses
-        return (z0 - self.s_init * cond.call(self.unet, z0, t)) / self.a_init
+        return (z0 - self.s_init * cond.call(self.unet, z0, t).float()) / self.a_init
 
 
 def copy_unet(unet: UNet2DModel) -> UNet2DModel:

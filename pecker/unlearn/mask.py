@@ -16,6 +16,7 @@ SalUn's mask (:mod:`pecker.unlearn.baselines.salun`) is :func:`top_ratio_mask` o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -32,9 +33,11 @@ SOURCES = ("generator", "teacher", "real")
 
 
 def saliency_gradients(unet, sched, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: Condition,
-                       params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
-    """``(l_mse, g_s)``: the loss value and its gradient w.r.t. ``params`` (zeros where unused)."""
-    loss = denoising_loss(unet, sched, x, t, eps, cond)
+                       params: list[torch.Tensor], amp=contextlib.nullcontext) -> tuple[float, list[torch.Tensor]]:
+    """``(l_mse, g_s)``: the loss value and its gradient w.r.t. ``params`` (zeros where unused);
+    the forward pass runs in the context ``amp()`` (the run's precision), the backward outside it."""
+    with amp():
+        loss = denoising_loss(unet, sched, x, t, eps, cond)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return loss.item(), [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
 
@@ -118,31 +121,32 @@ class SaliencyMask:
             return True
         return self.s["refresh"] == "every_k" and step % self.s["refresh_every"] == 0
 
-    def _data(self, gen, draws, forget: Callable[[int], Condition], x_f: torch.Tensor) -> torch.Tensor:
+    def _data(self, gen, draws, forget: Callable[[int], Condition], x_f: torch.Tensor, amp) -> torch.Tensor:
         n = self.s["batch_size"]
         if self.s["source"] == "generator":
             if n == len(x_f):
                 return x_f  # the psi step's detached forget samples: the same kind of draw, no extra forward
             gen.eval()
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 return gen(draws.randn(n), forget(n))
         idx = torch.randint(0, len(self.pool), (n,), generator=draws.rng)
         return self.pool[idx].to(draws.device)
 
-    def refresh(self, gen, sched, draws, forget: Callable[[int], Condition], x_f: torch.Tensor) -> float:
+    def refresh(self, gen, sched, draws, forget: Callable[[int], Condition], x_f: torch.Tensor,
+                amp=contextlib.nullcontext) -> float:
         """Recompute the mask from ``l_mse`` of ``gen.unet`` (the one-step generator's UNet) on forget data.
 
         ``draws`` gives the run's random draws (``t``, ``randn``, its ``rng`` and ``device``),
         ``forget(n)`` the forget condition of ``n`` samples and ``x_f`` the psi step's detached forget
-        samples (fresh no-grad samples of ``gen`` when the saliency batch has another size).
-        Returns the saliency loss ``l_mse``.
+        samples (fresh no-grad samples of ``gen`` when the saliency batch has another size), ``amp``
+        the context of the forward passes (the run's precision). Returns the saliency loss ``l_mse``.
         """
-        x = self._data(gen, draws, forget, x_f)
+        x = self._data(gen, draws, forget, x_f, amp)
         t, eps = draws.t(len(x), self.s["t_min"], self.s["t_max"]), draws.randn(len(x))
         unet = gen.unet
         unet.train(self.s["generator_mode"] == "train")
         # the generator's own, unguided noise prediction (the generator is never guided)
-        loss, grads = saliency_gradients(unet, sched, x, t, eps, forget(len(x)).with_guidance(1.0), self.params)
+        loss, grads = saliency_gradients(unet, sched, x, t, eps, forget(len(x)).with_guidance(1.0), self.params, amp)
         self.masks = top_ratio_mask(grads, self.s["ratio"], self.s["scope"])
         return loss
 

@@ -31,6 +31,7 @@ import torch
 from pecker import io
 from pecker.config import ConfigError, dataset_config
 from pecker.diffusion.conditioning import cat
+from pecker.diffusion.precision import Precision
 from pecker.diffusion.schedule import Schedule, make_scheduler
 from pecker.diffusion.unet import load_unet, n_params, null_label
 from pecker.provenance import Recorder
@@ -115,9 +116,11 @@ class Unlearner:
         T = self.sched.T
         if not (0 <= settings["t_min"] and settings["t_max"] <= T and settings["mask"]["t_max"] <= T):
             raise ConfigError(f"config key 'unlearn.t_max': timesteps must lie in [0, {T}]")
+        self.precision = Precision.from_config(settings.get("precision"), "unlearn.precision", self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.gen = OneStepGenerator(copy_unet(self.teacher).requires_grad_(True), self.sched, settings["t_init"])
         self.psi = copy_unet(self.teacher).requires_grad_(True)
+        self.precision.prepare(self.teacher, self.gen.unet, self.psi)
         self.draws = Draws(seed, self.gen.image_shape, self.device)
         self.params = list(self.gen.unet.parameters())
         self.param_names = [n for n, _ in self.gen.unet.named_parameters()]
@@ -151,9 +154,13 @@ class Unlearner:
         sd.update({n: e.clone() for n, e in zip(self.param_names, self.ema)})
         return sd
 
+    def amp(self):
+        """The context of the forward passes (:mod:`pecker.diffusion.precision`)."""
+        return self.precision.forward(self.device)
+
     def refresh_mask(self, x_f: torch.Tensor) -> float:
         """Recompute the saliency mask; returns the saliency loss ``l_mse``."""
-        return self.mask.refresh(self.gen, self.sched, self.draws, self.task.forget, x_f)
+        return self.mask.refresh(self.gen, self.sched, self.draws, self.task.forget, x_f, amp=self.amp)
 
     def _clip(self, tensors) -> None:
         if self.s["grad_clip_value"] is not None:
@@ -169,16 +176,17 @@ class Unlearner:
         B, Bf = len(c_r), len(c_f)
         # samples: generator in eval mode, no gradient (both conditions in one batched call)
         self.gen.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.amp():
             x = self.gen(torch.cat((draws.randn(B), draws.randn(Bf))), cat([c_r, c_f]))
         x_r, x_f = x[:B], x[B:]
         c_r, c_f = self.task.fake_score_conditions(c_r, c_f, self.rng)  # prompt dropout (text tasks)
         # psi in train mode; t drawn independently per term
         self.psi.train().requires_grad_(True)
         t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
-        rem, fgt = denoising_terms(self.psi, self.sched, [DenoiseTerm(x_r, t_r, draws.randn(B), c_r),
-                                                          DenoiseTerm(x_f, t_f, draws.randn(Bf), c_f)])
-        loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
+        with self.amp():
+            rem, fgt = denoising_terms(self.psi, self.sched, [DenoiseTerm(x_r, t_r, draws.randn(B), c_r),
+                                                              DenoiseTerm(x_f, t_f, draws.randn(Bf), c_f)])
+            loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
         self.opt_psi.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.psi.parameters())
@@ -196,15 +204,16 @@ class Unlearner:
         # generator in train mode; psi in eval mode and frozen; teacher frozen in eval mode
         self.psi.eval().requires_grad_(False)
         self.gen.train()
-        x_r = self.gen(draws.randn(B), c_r)
-        x_f = self.gen(draws.randn(Bf), c_f)
-        t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
-        eps_r, eps_f = draws.randn(B), draws.randn(Bf)
-        rem, fgt = score_terms(self.teacher, self.psi, self.sched,
-                               [ScoreTerm(x_r, t_r, eps_r, teacher_cond=c_r, fake_cond=c_r),
-                                ScoreTerm(x_f, t_f, eps_f, teacher_cond=c_o, fake_cond=c_f)],
-                               s["xi"], s["normaliser_clamp"])
-        loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
+        with self.amp():  # forward passes only; the backward passes below run outside autocast
+            x_r = self.gen(draws.randn(B), c_r)
+            x_f = self.gen(draws.randn(Bf), c_f)
+            t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
+            eps_r, eps_f = draws.randn(B), draws.randn(Bf)
+            rem, fgt = score_terms(self.teacher, self.psi, self.sched,
+                                   [ScoreTerm(x_r, t_r, eps_r, teacher_cond=c_r, fake_cond=c_r),
+                                    ScoreTerm(x_f, t_f, eps_f, teacher_cond=c_o, fake_cond=c_f)],
+                                   s["xi"], s["normaliser_clamp"])
+            loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
         # One backward pass through teacher and psi gives d loss / d x for both terms (samples do not
         # interact); one pass through each generator graph then separates grad(lam*remember) from
         # grad(mu*forget), at the cost of a single backward pass of the summed loss.
@@ -388,6 +397,7 @@ def run_unlearning(
         # training wall-clock so far (across resumes): the x-axis of the wall-clock curves
         common = {"step": step_, "images_seen": step_ * unl.images_per_step, "config_hash": chash,
                   "method": method, "seed": seed, **task.describe(), **inputs,
+                  "precision": unl.precision.describe(),
                   "wall_clock_s": round(wall_before + time.perf_counter() - t_start, 3)}
         tensors, smeta = unl.state()
         run.check_finite(step_, tensors)  # before any file of this checkpoint is written
@@ -415,7 +425,7 @@ def run_unlearning(
     meta = {
         "method": method, "seed": seed, "dataset": dataset, "config_hash": chash,
         "steps": unl.step, "step": unl.step, "images_seen": unl.step * unl.images_per_step,
-        "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
+        "precision": unl.precision.describe(), "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
         **({} if ds.get("text") else {"forget_class": s["forget_class"], "cover_class": s["cover_class"]}),
         **task.describe(),
         "data_free": not (s["mask"]["enabled"] and s["mask"]["source"] == "real"), "settings": s, "teacher": str(teacher_prefix), **inputs, "provenance": prov,
