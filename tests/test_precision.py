@@ -1,6 +1,6 @@
 """Training numerics as an explicit config choice (pecker/diffusion/precision.py): float32 and
 contiguous by default, bfloat16 autocast and channels-last only when asked, both in the stage hash
-and in every sidecar."""
+and in every sidecar; and gradient checkpointing, which changes memory but not the numbers."""
 
 from __future__ import annotations
 
@@ -110,3 +110,32 @@ def test_teacher_under_bfloat16_records_its_precision(tmp_path):
     b, _ = io.load_checkpoint(tmp_path / "bf16" / "model")
     assert all(v.dtype == torch.float32 for v in b.values())
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_gives_the_same_run_and_keeps_the_hash():
+    """Memory, not numerics: two iterations (dropout 0.1, PECKER's mask) with the UNets' activations
+    recomputed in the backward pass equal the plain ones exactly; the stage hash is unchanged."""
+    on = f"datasets.{DS}.unlearn.gradient_checkpointing=true"
+    assert _hashes(on) == _hashes()
+    runs = []
+    for extra in ((), (on,)):
+        unl, _ = make_unlearner("pecker", *extra)
+        rows = [unl.train_step() for _ in range(2)]
+        runs.append((unl, rows))
+    (a, rows_a), (b, rows_b) = runs
+    assert any(getattr(m, "gradient_checkpointing", False) for m in b.psi.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in a.psi.modules())
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("loss_psi", "loss_theta", "loss_saliency", "grad_norm_theta"):
+            assert ra[key] == rb[key], key
+    for pa, pb in zip(a.params, b.params):
+        assert torch.equal(pa, pb)
+
+
+def test_gradient_checkpointing_is_refused_for_a_network_without_it():
+    from pecker.diffusion.ddpm_conditional import DDPMConditionalUNet
+    from pecker.diffusion.unet import enable_gradient_checkpointing
+
+    with pytest.raises(C.ConfigError, match="unlearn.gradient_checkpointing"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2), "unlearn.gradient_checkpointing")
+    assert not getattr(DDPMConditionalUNet, "_supports_gradient_checkpointing", False)

@@ -24,6 +24,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
 from pecker import io
+from pecker.config import ConfigError
 from pecker.diffusion.ddpm_conditional import ARCH as DDPM_CONDITIONAL
 from pecker.diffusion.ddpm_conditional import DDPMConditionalUNet, arch_config
 
@@ -124,6 +125,17 @@ def null_label(model: UNet2DModel) -> int | None:
     if is_text_conditional(model):
         return None
     return model.config.num_class_embeds - 1
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, key: str) -> None:
+    """Recompute ``model``'s block activations in the backward pass instead of storing them (diffusers'
+    own mechanism, non-reentrant ``torch.utils.checkpoint`` with the RNG state preserved, so dropout
+    draws and results are those of the plain forward). Raises :class:`ConfigError` naming ``key``
+    for a network without it (``unet.arch: ddpm_conditional``)."""
+    if not getattr(model, "_supports_gradient_checkpointing", False):
+        raise ConfigError(f"config key '{key}': {type(model).__name__} has no gradient checkpointing "
+                          "(diffusers' UNet2DModel and UNet2DConditionModel have it)")
+    model.enable_gradient_checkpointing()
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pecker.config import ConfigError
 
 # Settings that do not change the trajectory of a run (excluded from its hash, so a run can be
-# extended or re-checkpointed and still resume).
-BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every", "seeds")
+# extended or re-checkpointed and still resume). Gradient checkpointing trades memory for compute
+# and gives the same numbers (tests/test_precision.py).
+BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every", "seeds", "gradient_checkpointing")
 
 # What each method kind is (docs/method.md sections 3-5): "sfd" is the SFD loop (SFD, PECKER, their
 # variants, SFD-Two-Stage) and trains a one-step generator; the baselines fine-tune or retrain the

@@ -33,7 +33,7 @@ from pecker.config import ConfigError, dataset_config
 from pecker.diffusion.conditioning import cat
 from pecker.diffusion.precision import Precision
 from pecker.diffusion.schedule import Schedule, make_scheduler
-from pecker.diffusion.unet import load_unet, n_params, null_label
+from pecker.diffusion.unet import enable_gradient_checkpointing, load_unet, n_params, null_label
 from pecker.provenance import Recorder
 from pecker.runs import RunFolder, checkpoints, drive, seed_all
 from pecker.unlearn.generator import OneStepGenerator, copy_unet, save_generator
@@ -121,6 +121,9 @@ class Unlearner:
         self.gen = OneStepGenerator(copy_unet(self.teacher).requires_grad_(True), self.sched, settings["t_init"])
         self.psi = copy_unet(self.teacher).requires_grad_(True)
         self.precision.prepare(self.teacher, self.gen.unet, self.psi)
+        if settings.get("gradient_checkpointing"):
+            for net in (self.teacher, self.gen.unet, self.psi):
+                enable_gradient_checkpointing(net, "unlearn.gradient_checkpointing")
         self.draws = Draws(seed, self.gen.image_shape, self.device)
         self.params = list(self.gen.unet.parameters())
         self.param_names = [n for n, _ in self.gen.unet.named_parameters()]
