@@ -33,13 +33,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from child import ROOT, run_child  # benchmarks/child.py (this script's folder is on sys.path)
+
 STAGES = ("data", "teacher", "classifier", "inception", "evaluate", "sample_teacher", "unlearn_sfd",
           "unlearn_pecker")
 
@@ -361,10 +361,7 @@ def main() -> None:
         for st in stages:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--one", st, "--scratch", str(scratch)]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"stage {st} failed:\n{proc.stderr[-3000:]}")
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append(run_child(cmd, f"stage {st}"))
             print(f"  done {st} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     print(f"dataset {args.dataset} ({', '.join(args.config)}), {args.threads} threads, CPU")

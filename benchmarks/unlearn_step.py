@@ -1,12 +1,21 @@
 """Seconds per iteration and peak memory of SFD and PECKER (docs/method.md sections 3-4).
 
     python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
-                                      [--networks embedded cifar10 cifar10-ddpm] [--variants sfd pecker ...]
+                                      [--networks embedded cifar10 cifar10-ddpm sd sd-small]
+                                      [--variants sfd pecker ...] [--autocast bfloat16] [--channels-last]
+                                      [--checkpointing]
 
 Networks: the embedded one (config/config.yaml, batch from its unlearn block), the CIFAR-10 paper
 network (config/cifar10.yaml: diffusers UNet2DModel) and the published teachers' network on CIFAR-10
 (cifar10-ddpm: config/published_cifar10.yaml, unet.arch ddpm_conditional, 38.63M parameters), the
-paper networks at a small batch, all randomly initialised (no teacher file needed).
+paper networks at a small batch, all randomly initialised (no teacher file needed). Text networks
+(the SD form of the loop: guidance 4.5 in every score call, prompt dropout, t_init 625; the settings
+of config/config.yaml's fashion dataset): ``sd``, a Stable Diffusion v1.x-layout UNet2DConditionModel
+(block_out_channels 320/640/1280/1280, 2 layers per block, cross-attention 768, latent 4x64x64,
+859.5M parameters) on random (B, 77, 768) text states, and ``sd-small``, the same layout at 1/10 of
+the width on a 4x16x16 latent, for CPUs (benchmarks/sd_step.py runs them over batches).
+``--autocast``, ``--channels-last`` and ``--checkpointing`` set the loop's precision and gradient
+checkpointing (README "Configuration").
 Variants: sfd; pecker with the mask recomputed every step (the paper's Algorithm 1), once at step 0,
 and every K steps (K = the number of timed iterations, so exactly one refresh falls in the timed
 window and the mean is the amortised cost). Each (network, variant) runs in its own process so the
@@ -19,12 +28,12 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from child import ROOT, run_child  # benchmarks/child.py (this script's folder is on sys.path)
+
 # name -> (config files, dataset, overrides); the published overlay needs a sha256 to validate, and
 # no file is read here (the networks are random)
 NETWORKS = {
@@ -33,10 +42,35 @@ NETWORKS = {
     "cifar10-ddpm": (["config/cifar10.yaml", "config/published_cifar10.yaml"], "cifar10",
                      ["datasets.cifar10.teacher.file.sha256=" + "f" * 64]),
 }
+# Text networks: the fashion dataset's SD-form settings, its UNet config replaced by this layout and
+# its latent by (channels, resolution); text states random, 77 tokens of width cross_attention_dim.
+SD_LAYOUT = {"arch": "unet2d_condition", "base_channels": 320, "channel_mult": [1, 2, 4, 4], "layers_per_block": 2,
+             "attention_resolutions": [64, 32, 16], "dropout": 0.0, "attention_head_dim": 8, "norm_num_groups": 32,
+             "cross_attention_dim": 768}
+TEXT_NETWORKS = {
+    "sd": (SD_LAYOUT, {"resolution": 64, "channels": 4}),
+    "sd-small": ({**SD_LAYOUT, "base_channels": 32, "attention_resolutions": [16, 8, 4]}, {"resolution": 16, "channels": 4}),
+}
+TEXT_TOKENS = 77
 VARIANTS = ("sfd", "pecker", "pecker_once", "pecker_every_k")
 
 
-def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: int, threads: int) -> dict:
+def text_task(s: dict, width: int, device):
+    """A prompt-forgetting task on random text states (50 forget prompts and their overrides, 64
+    retain prompts), with the run's guidance and prompt dropout."""
+    import torch
+
+    from pecker.unlearn.task import PromptForgetting
+
+    g = torch.Generator().manual_seed(0)
+    emb = {k: torch.randn(n, TEXT_TOKENS, width, generator=g) for k, n in (("retain", 64), ("forget", 50), ("override", 50))}
+    uncond, negative = torch.randn(2, TEXT_TOKENS, width, generator=g)
+    return PromptForgetting(emb["retain"], emb["forget"], emb["override"], uncond, negative,
+                            guidance=s.get("guidance", 1.0), prompt_dropout=s.get("prompt_dropout", 0.0), device=device)
+
+
+def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: int, threads: int,
+            autocast: str = "float32", channels_last: bool = False, checkpointing: bool = False) -> dict:
     import torch
 
     from pecker import config as C
@@ -45,23 +79,32 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     from pecker.unlearn.trainer import Unlearner, class_task
 
     torch.set_num_threads(threads)
-    paths, ds_name, extra = NETWORKS[network]
+    text = network in TEXT_NETWORKS
+    paths, ds_name, extra = (["config/config.yaml"], "fashion", []) if text else NETWORKS[network]
     pre = f"datasets.{ds_name}.unlearn"
-    over = [*extra, f"{pre}.forget_batch_size=null"]
+    over = [*extra, f"{pre}.forget_batch_size=null", f"{pre}.precision.autocast={autocast}",
+            f"{pre}.precision.channels_last={str(channels_last).lower()}",
+            f"{pre}.gradient_checkpointing={str(checkpointing).lower()}"]
     if batch:
         over.append(f"{pre}.batch_size={batch}")
-    base = "sfd" if variant == "sfd" else "pecker"
+    base = ("sfd" if variant == "sfd" else "pecker") + ("_sneaker" if text else "")
     if variant == "pecker_once":
-        over.append(f"{pre}.methods.pecker.mask.refresh=once")
+        over.append(f"{pre}.methods.{base}.mask.refresh=once")
     elif variant == "pecker_every_k":
-        over += [f"{pre}.methods.pecker.mask.refresh=every_k", f"{pre}.methods.pecker.mask.refresh_every={iters}"]
+        over += [f"{pre}.methods.{base}.mask.refresh=every_k", f"{pre}.methods.{base}.mask.refresh_every={iters}"]
     cfg = C.resolve([ROOT / p for p in paths], over)
     ds = cfg["datasets"][ds_name]
     s = method_settings(ds["unlearn"], base, ds_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    teacher = build_unet(ds["unet"], ds["data"])
-    unl = Unlearner(teacher, ds["diffusion"], s, class_task(s, ds["data"]["num_classes"], teacher, device), 0, device)
+    if text:
+        unet_cfg, latent = TEXT_NETWORKS[network]
+        teacher = build_unet(unet_cfg, latent)
+        task = text_task(s, unet_cfg["cross_attention_dim"], device)
+    else:
+        teacher = build_unet(ds["unet"], ds["data"])
+        task = class_task(s, ds["data"]["num_classes"], teacher, device)
+    unl = Unlearner(teacher, ds["diffusion"], s, task, 0, device)
 
     def sync():
         if device.type == "cuda":
@@ -82,6 +125,7 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     out = {
         "network": network, "variant": variant, "params": n_params(teacher), "batch": s["batch_size"],
         "forget_batch": s["forget_batch_size"], "device": str(device), "threads": threads,
+        "autocast": autocast, "channels_last": channels_last, "checkpointing": checkpointing,
         "sec_per_iter": statistics.mean(times), "sec_min": min(times), "refreshes_timed": refreshed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -108,8 +152,11 @@ def main() -> None:
     ap.add_argument("--paper-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-paper", action="store_true", help="embedded network only")
-    ap.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=["embedded", "cifar10"])
+    ap.add_argument("--networks", nargs="+", choices=[*NETWORKS, *TEXT_NETWORKS], default=["embedded", "cifar10"])
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--autocast", choices=["float32", "bfloat16"], default="float32", help="unlearn.precision.autocast")
+    ap.add_argument("--channels-last", action="store_true", help="unlearn.precision.channels_last")
+    ap.add_argument("--checkpointing", action="store_true", help="unlearn.gradient_checkpointing")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--one", nargs=2, metavar=("NETWORK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,23 +164,22 @@ def main() -> None:
     if args.one:
         net, var = args.one
         batch, iters = (args.batch, args.iters) if net == "embedded" else (args.paper_batch, args.paper_iters)
-        print(json.dumps(run_one(net, var, batch, iters, args.warmup, args.threads)))
+        print(json.dumps(run_one(net, var, batch, iters, args.warmup, args.threads, args.autocast,
+                                 args.channels_last, args.checkpointing)))
         return
 
     results = []
     for net in ["embedded"] if args.skip_paper else args.networks:
         for var in ["sfd", *[v for v in args.variants if v != "sfd"]]:  # sfd: the ratio's reference
             cmd = [sys.executable, __file__, "--one", net, var, *sys.argv[1:]]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"{net}/{var} failed:\n{proc.stderr[-3000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            results.append(run_child(cmd, f"{net}/{var}"))
             r = results[-1]
             print(f"  done {net}/{var}: {r['sec_per_iter']:.3f} s/it", file=sys.stderr, flush=True)
 
     r0 = results[0]
     print(f"device {r0['device']}{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, {r0['threads']} threads, "
-          f"mean of timed iterations after {args.warmup} warm-up")
+          f"mean of timed iterations after {args.warmup} warm-up; autocast {args.autocast}, channels_last "
+          f"{args.channels_last}, gradient checkpointing {args.checkpointing}")
     mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
     print(f"{'network':12} {'params':>7} {'batch':>6} {'variant':16} {'s/iter':>8} {'x SFD':>6} {'mask s':>7} "
           f"{mem_key:>12}")

@@ -1,0 +1,26 @@
+"""The benchmark scripts run and print what they claim (their figures are measured elsewhere: README)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from pecker.config import REPO_ROOT
+
+
+def test_sd_step_runs_the_sd_form_loop_with_bfloat16_and_checkpointing(tmp_path):
+    """benchmarks/sd_step.py on the CPU layout (sd-small: SD v1.x blocks at 1/10 width, 77 x 768 text
+    states), PECKER under bfloat16 autocast, with and without gradient checkpointing."""
+    out = tmp_path / "sd.json"
+    proc = subprocess.run([sys.executable, "benchmarks/sd_step.py", "--batches", "1", "--iters", "1", "--warmup", "0",
+                           "--threads", "1", "--variants", "pecker", "--autocast", "bfloat16", "--json", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["network"], r["batch"], r["checkpointing"], r["autocast"]) for r in rows] == [
+        ("sd-small", 1, False, "bfloat16"), ("sd-small", 1, True, "bfloat16")]
+    assert all(math.isfinite(r["sec_per_iter"]) and r["sec_per_iter"] > 0 and r["sec_mask_refresh"] > 0 for r in rows)
+    assert 10e6 < rows[0]["params"] < 11e6
+    assert "network sd-small" in proc.stdout and "batch  ckpt" in proc.stdout
