@@ -143,6 +143,28 @@ def verify_checksum(path: str | Path, expected: str, algo: str = "sha256") -> st
     return actual
 
 
+@contextmanager
+def open_verified(path: str | Path, expected_sha256: str, hint: str = "") -> Iterator[Any]:
+    """An open binary handle on ``path``, at offset 0, after its full sha256 matched ``expected_sha256``.
+
+    The file is hashed and then read through this one handle, so what the caller reads is what was
+    hashed even if the path is replaced meanwhile: the guard in front of every unpickling. Raises
+    ``ValueError`` for an expected hash that is not a full 64-digit sha256, ``FileNotFoundError``, and
+    :class:`ChecksumError` (nothing read; ``hint`` appended to its one-line message) on a mismatch."""
+    path = Path(path)
+    expected = str(expected_sha256 or "").strip().lower()
+    if not is_full_hash(expected):
+        raise ValueError(f"expected sha256 for {path.name} must be the full 64-hex-digit sha256, got {expected_sha256!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"file to verify not found: {path}")
+    with path.open("rb") as fh:
+        actual = sha256_stream(fh)
+        if actual != expected:
+            raise ChecksumError(f"sha256 of {path} is {actual}, expected {expected}" + (f": {hint}" if hint else ""))
+        fh.seek(0)
+        yield fh
+
+
 # ----------------------------------------------------------------------------- sidecars
 
 

@@ -1,4 +1,4 @@
-"""``pecker teacher train|fetch|sample``."""
+"""``pecker teacher train|fetch|sample|convert-pickled``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pecker.workflow import ds_stage_hash
 
 @click.group()
 def teacher() -> None:
-    """Train, fetch or sample the class-conditional DDPM teacher."""
+    """Train, fetch or sample the DDPM teacher; convert a pickled published network."""
 
 
 @teacher.command()
@@ -55,6 +55,28 @@ def fetch(config_files, overrides, dataset, out_dir, log_file) -> None:
         raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': train: nothing to fetch "
                                  "(pecker teacher train)")
     fetch_teacher(ds, out_dir)
+
+
+@teacher.command("convert-pickled")
+@click.argument("pickle_file", type=click.Path(dir_okay=False))
+@click.option("--sha256", "sha256", required=True, help="The file's full sha256 (checked before anything is read).")
+@click.option("--key", default="ema", show_default=True, help="Key of the network in the pickled dict ('' = the pickle is the network).")
+@click.option("--out", "out_prefix", type=click.Path(dir_okay=False), required=True,
+              help="Output prefix: PREFIX.safetensors and PREFIX.json.")
+@clitools.log_option
+def convert_pickled(pickle_file, sha256, key, out_prefix, log_file) -> None:
+    """Convert a pickled diffusers UNet2DConditionModel (SiD-LSG's dict(ema=unet)) to safetensors, with
+    no code from the file run (pecker/diffusion/pickled.py); its own step, run once per file."""
+    import pickle
+
+    from pecker.diffusion.pickled import convert_pickled_unet
+
+    clitools.setup_logging(log_file)
+    try:
+        out = convert_pickled_unet(pickle_file, sha256, out_prefix, key or None)
+    except (pickle.UnpicklingError, ValueError) as err:
+        raise click.ClickException(f"{pickle_file}: {err}") from None
+    click.echo(str(out))
 
 
 @teacher.command()

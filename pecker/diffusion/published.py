@@ -36,28 +36,16 @@ WHICH = ("ema", "raw")
 
 
 def read_published(path: str | Path, expected_sha256: str) -> Any:
-    """The unpickled content of a published checkpoint, after its full sha256 matched.
+    """The unpickled content of a published checkpoint, after its full sha256 matched
+    (:func:`pecker.io.open_verified`: hashed and read through one handle).
 
-    Raises :class:`pecker.io.ChecksumError` (nothing unpickled) on a mismatch. The file is hashed
-    and then read through one open handle, so what is loaded is what was hashed even if the path is
-    replaced meanwhile."""
+    Raises :class:`pecker.io.ChecksumError` (nothing unpickled) on a mismatch."""
     path = Path(path)
-    expected = str(expected_sha256 or "").strip().lower()
-    if not io.is_full_hash(expected):
-        raise ValueError(
-            f"expected_sha256 for {path.name} must be the full 64-hex-digit sha256, got {expected_sha256!r}"
-        )
     if not path.is_file():
         raise FileNotFoundError(f"published checkpoint not found: {path}")
-    with path.open("rb") as fh:
-        actual = io.sha256_stream(fh)
-        if actual != expected:
-            raise io.ChecksumError(
-                f"sha256 of {path} is {actual}, expected {expected}: not the published checkpoint "
-                "(corrupt, truncated or a different file); nothing was unpickled - download it again "
-                "or, if the publisher changed the file on purpose, review it and update the expected hash"
-            )
-        fh.seek(0)
+    hint = ("not the published checkpoint (corrupt, truncated or a different file); nothing was unpickled - "
+            "download it again or, if the publisher changed the file on purpose, review it and update the expected hash")
+    with io.open_verified(path, expected_sha256, hint) as fh:
         return torch.load(fh, map_location="cpu", weights_only=True)
 
 
