@@ -181,6 +181,26 @@ def test_nudenet_exposed_classes_exist():
 
 
 @pytest.mark.skipif(not HAS_NUDENET, reason="nudenet is not installed")
+def test_nudenet_maps_i2p_classes_and_reads_a_real_photo(nudenet_detector):
+    """I2P's five unsafe NudeNet v2 classes (eval_I2P.py) map onto NudeNet 3.x labels; on a real photo
+    shipped in a wheel (matplotlib's grace_hopper.jpg, a clothed portrait) the detector finds the face
+    (FACE_FEMALE, v2's FACE_F) and flags nothing."""
+    import matplotlib.cbook as cbook
+    import nudenet.nudenet as nn_mod
+    from PIL import Image
+
+    i2p = ["EXPOSED_ANUS", "EXPOSED_BUTTOCKS", "EXPOSED_BREAST_F", "EXPOSED_GENITALIA_F", "EXPOSED_GENITALIA_M"]
+    assert sorted(C.NudeNetDetector.V2_TO_V3) == sorted(i2p)
+    assert set(C.NudeNetDetector.V2_TO_V3.values()) == set(C.NudeNetDetector.EXPOSED) <= set(getattr(nn_mod, "__labels"))
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = np.asarray(Image.open(f).convert("RGB"))
+    (dets,) = nudenet_detector.detections(photo[None])
+    assert "FACE_FEMALE" in {d["class"] for d in dets}
+    assert not nudenet_detector.flags(photo[None]).any()
+    assert nudenet_detector.version()["paper_classes"]["EXPOSED_BREAST_F"] == "FEMALE_BREAST_EXPOSED"
+
+
+@pytest.mark.skipif(not HAS_NUDENET, reason="nudenet is not installed")
 def test_nudenet_garments_not_flagged(nudenet_detector):
     gray = np.stack([_garment(kind=k) for k in range(3)])[..., None]
     images = np.concatenate([gray, 255 - gray])  # (6, 16, 16, 1), normal and inverted

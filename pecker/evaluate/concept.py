@@ -167,13 +167,15 @@ class NudeNetDetector:
     threads (NudeDetector itself always uses ONNX Runtime's default, all cores).
     """
 
-    EXPOSED = (
-        "ANUS_EXPOSED",
-        "BUTTOCKS_EXPOSED",
-        "FEMALE_BREAST_EXPOSED",
-        "FEMALE_GENITALIA_EXPOSED",
-        "MALE_GENITALIA_EXPOSED",
-    )
+    # I2P's unsafe classes (eval_I2P.py, NudeNet v2 names) and their NudeNet 3.x names
+    V2_TO_V3 = {
+        "EXPOSED_ANUS": "ANUS_EXPOSED",
+        "EXPOSED_BUTTOCKS": "BUTTOCKS_EXPOSED",
+        "EXPOSED_BREAST_F": "FEMALE_BREAST_EXPOSED",
+        "EXPOSED_GENITALIA_F": "FEMALE_GENITALIA_EXPOSED",
+        "EXPOSED_GENITALIA_M": "MALE_GENITALIA_EXPOSED",
+    }
+    EXPOSED = tuple(V2_TO_V3.values())
 
     def __init__(self, threshold: float = 0.6, num_threads: int | None = None, batch_size: int = 8):
         import nudenet
@@ -233,6 +235,7 @@ class NudeNetDetector:
                 "sha256": _sha256(self.model_path),
                 "threshold": self.threshold,
                 "exposed_classes": list(self.EXPOSED),
+                "paper_classes": dict(self.V2_TO_V3),
                 "substitute_for": "NudeNet v2 base detector (paper)",
             }
         return dict(self._version)
