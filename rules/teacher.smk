@@ -12,6 +12,9 @@ rule train_teacher:
         f"{RESULTS}/benchmarks/{{dataset}}/train_teacher.tsv"
     wildcard_constraints:
         dataset=_alternatives(TRAINED),
+    # the head of the critical path: scheduled before the 1-thread jobs that are ready at the same
+    # time (Retrain, on 2 cores, would otherwise start first and hold a core the teacher needs)
+    priority: 10
     conda:
         "../environment.yml"
     threads: 2
