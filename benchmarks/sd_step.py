@@ -1,7 +1,7 @@
 """Seconds per iteration and peak memory of the SD form of SFD and PECKER over per-GPU batches, with
 and without gradient checkpointing (docs/method.md section 3; README "Running on a SLURM cluster").
 
-    python benchmarks/sd_step.py [--batches 2 4 8] [--iters 3] [--warmup 1] [--autocast bfloat16]
+    python benchmarks/sd_step.py [--batches 2 4 8] [--iters 3] [--warmup 1] [--autocast bfloat16] [--accumulate K]
                                  [--network sd|sd-small] [--variants sfd pecker] [--json out.json]
 
 The network is a randomly initialised Stable Diffusion v1.x-layout UNet2DConditionModel (``sd``:
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--autocast", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per iteration (unlearn.accumulate)")
     ap.add_argument("--network", choices=["sd", "sd-small"], default=None, help="default: sd on CUDA, else sd-small")
     ap.add_argument("--variants", nargs="+", choices=["sfd", "pecker"], default=["sfd", "pecker"])
     ap.add_argument("--json", type=Path, default=None)
@@ -49,7 +50,8 @@ def main() -> None:
             for var in args.variants:
                 cmd = [sys.executable, str(HERE / "unlearn_step.py"), "--one", network, var, "--paper-batch", str(batch),
                        "--paper-iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                       "--autocast", args.autocast, *(["--checkpointing"] if ckpt else [])]
+                       "--autocast", args.autocast, "--accumulate", str(args.accumulate),
+                       *(["--checkpointing"] if ckpt else [])]
                 proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 if proc.returncode:
                     oom = "out of memory" in proc.stderr.lower()
@@ -66,7 +68,7 @@ def main() -> None:
     r0 = done[0] if done else {"device": "?", "params": 0}
     mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
     print(f"network {network} ({r0['params'] / 1e6:.1f}M parameters), device {r0['device']}"
-          f"{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, autocast {args.autocast}, "
+          f"{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, autocast {args.autocast}, micro-batches {args.accumulate}, "
           f"mean of {args.iters} iterations after {args.warmup} warm-up")
     print(f"{'batch':>5} {'ckpt':>5} {'variant':8} {'s/iter':>8} {'mask s':>7} {mem_key:>12}")
     for r in rows:

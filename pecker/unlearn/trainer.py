@@ -121,6 +121,7 @@ class Unlearner:
         self.gen = OneStepGenerator(copy_unet(self.teacher).requires_grad_(True), self.sched, settings["t_init"])
         self.psi = copy_unet(self.teacher).requires_grad_(True)
         self.precision.prepare(self.teacher, self.gen.unet, self.psi)
+        self.micro_batches(settings["batch_size"], settings["forget_batch_size"])  # unlearn.accumulate divides them
         if settings.get("gradient_checkpointing"):
             for net in (self.teacher, self.gen.unet, self.psi):
                 enable_gradient_checkpointing(net, "unlearn.gradient_checkpointing")
@@ -173,8 +174,21 @@ class Unlearner:
         """``(c_r, c_f, c_o)`` of one iteration (retain, forget, cover) from the task."""
         return self.task.draw(self.rng, self.s["batch_size"], self.s["forget_batch_size"])
 
+    def micro_batches(self, B: int, Bf: int) -> list[tuple[slice, slice]]:
+        """``(retain, forget)`` index slices of the ``unlearn.accumulate`` micro-batches of one
+        iteration (equal parts; one part = the whole batch)."""
+        k = int(self.s.get("accumulate", 1))
+        if B % k or Bf % k:
+            raise ConfigError(f"config key 'unlearn.accumulate': {k} does not divide the retain / forget batch ({B} / {Bf})")
+        r, f = B // k, Bf // k
+        return [(slice(i * r, (i + 1) * r), slice(i * f, (i + 1) * f)) for i in range(k)]
+
     def psi_step(self, c_r, c_f) -> tuple[dict, torch.Tensor]:
-        """Update psi on detached generator samples; returns the log entries and the forget samples."""
+        """Update psi on detached generator samples; returns the log entries and the forget samples.
+
+        With ``unlearn.accumulate`` = k, the loss and its gradient are summed over k equal parts of
+        the batch (each weighted 1/k, so the update is the full batch's); every random draw is made for
+        the whole batch first, in the same order, and k = 1 is the plain step."""
         s, draws = self.s, self.draws
         B, Bf = len(c_r), len(c_f)
         # samples: generator in eval mode, no gradient (both conditions in one batched call)
@@ -186,43 +200,65 @@ class Unlearner:
         # psi in train mode; t drawn independently per term
         self.psi.train().requires_grad_(True)
         t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
-        with self.amp():
-            rem, fgt = denoising_terms(self.psi, self.sched, [DenoiseTerm(x_r, t_r, draws.randn(B), c_r),
-                                                              DenoiseTerm(x_f, t_f, draws.randn(Bf), c_f)])
-            loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
+        eps_r, eps_f = draws.randn(B), draws.randn(Bf)
         self.opt_psi.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = self.micro_batches(B, Bf)
+        rem = fgt = 0.0
+        for r, f in parts:
+            with self.amp():
+                rem_i, fgt_i = denoising_terms(self.psi, self.sched, [DenoiseTerm(x_r[r], t_r[r], eps_r[r], c_r[r]),
+                                                                      DenoiseTerm(x_f[f], t_f[f], eps_f[f], c_f[f])])
+                loss_i = s["lam_psi"] * rem_i + s["mu_psi"] * fgt_i
+            (loss_i / len(parts) if len(parts) > 1 else loss_i).backward()
+            rem, fgt = rem + rem_i.detach() / len(parts), fgt + fgt_i.detach() / len(parts)
+        loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
         params = list(self.psi.parameters())
         gnorm = _total_norm(p.grad for p in params)
         self._clip(params)
         self.opt_psi.step()
         self.opt_psi.zero_grad(set_to_none=True)
-        return {"loss_psi": loss.item(), "loss_psi_remember": rem.item(), "loss_psi_forget": fgt.item(),
+        return {"loss_psi": float(loss), "loss_psi_remember": float(rem), "loss_psi_forget": float(fgt),
                 "grad_norm_psi": gnorm}, x_f
 
     def theta_step(self, c_r, c_f, c_o) -> dict:
-        """Update theta on fresh samples (same conditions, new noise) with the (masked) gradient."""
+        """Update theta on fresh samples (same conditions, new noise) with the (masked) gradient
+        (micro-batches as in :meth:`psi_step`; the mask acts on the summed gradient parts)."""
         s, draws = self.s, self.draws
         B, Bf = len(c_r), len(c_f)
         # generator in train mode; psi in eval mode and frozen; teacher frozen in eval mode
         self.psi.eval().requires_grad_(False)
         self.gen.train()
-        with self.amp():  # forward passes only; the backward passes below run outside autocast
-            x_r = self.gen(draws.randn(B), c_r)
-            x_f = self.gen(draws.randn(Bf), c_f)
-            t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
-            eps_r, eps_f = draws.randn(B), draws.randn(Bf)
-            rem, fgt = score_terms(self.teacher, self.psi, self.sched,
-                                   [ScoreTerm(x_r, t_r, eps_r, teacher_cond=c_r, fake_cond=c_r),
-                                    ScoreTerm(x_f, t_f, eps_f, teacher_cond=c_o, fake_cond=c_f)],
-                                   s["xi"], s["normaliser_clamp"])
-            loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
-        # One backward pass through teacher and psi gives d loss / d x for both terms (samples do not
-        # interact); one pass through each generator graph then separates grad(lam*remember) from
-        # grad(mu*forget), at the cost of a single backward pass of the summed loss.
-        gx_r, gx_f = torch.autograd.grad(loss, (x_r, x_f))
-        g_rem = _fill(torch.autograd.grad(x_r, self.params, gx_r, allow_unused=True), self.params)
-        g_fgt = _fill(torch.autograd.grad(x_f, self.params, gx_f, allow_unused=True), self.params)
+        n_r, n_f = draws.randn(B), draws.randn(Bf)
+        t_r, t_f = draws.t(B, s["t_min"], s["t_max"]), draws.t(Bf, s["t_min"], s["t_max"])
+        eps_r, eps_f = draws.randn(B), draws.randn(Bf)
+        parts = self.micro_batches(B, Bf)
+        g_rem = g_fgt = None
+        rem = fgt = 0.0
+        for r, f in parts:
+            with self.amp():  # forward passes only; the backward passes below run outside autocast
+                x_r = self.gen(n_r[r], c_r[r])
+                x_f = self.gen(n_f[f], c_f[f])
+                rem_i, fgt_i = score_terms(self.teacher, self.psi, self.sched,
+                                           [ScoreTerm(x_r, t_r[r], eps_r[r], teacher_cond=c_r[r], fake_cond=c_r[r]),
+                                            ScoreTerm(x_f, t_f[f], eps_f[f], teacher_cond=c_o[f], fake_cond=c_f[f])],
+                                           s["xi"], s["normaliser_clamp"])
+                loss_i = s["lam_theta"] * rem_i + s["mu_theta"] * fgt_i
+            if len(parts) > 1:
+                loss_i = loss_i / len(parts)
+            # One backward pass through teacher and psi gives d loss / d x for both terms (samples do
+            # not interact); one pass through each generator graph then separates grad(lam*remember)
+            # from grad(mu*forget), at the cost of a single backward pass of the summed loss.
+            gx_r, gx_f = torch.autograd.grad(loss_i, (x_r, x_f))
+            gr = _fill(torch.autograd.grad(x_r, self.params, gx_r, allow_unused=True), self.params)
+            gf = _fill(torch.autograd.grad(x_f, self.params, gx_f, allow_unused=True), self.params)
+            if g_rem is None:
+                g_rem, g_fgt = gr, gf
+            else:
+                torch._foreach_add_(g_rem, gr)
+                torch._foreach_add_(g_fgt, gf)
+            del gr, gf
+            rem, fgt = rem + rem_i.detach() / len(parts), fgt + fgt_i.detach() / len(parts)
+        loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
         gnorm_rem, gnorm_fgt = _total_norm(g_rem), _total_norm(g_fgt)
         if self.mask is None:  # SFD
             grads = [gr.add_(gf) for gr, gf in zip(g_rem, g_fgt)]
@@ -235,7 +271,7 @@ class Unlearner:
         self._clip(self.params)
         self.opt_theta.step()
         self.opt_theta.zero_grad(set_to_none=True)
-        return {"loss_theta": loss.item(), "loss_theta_remember": rem.item(), "loss_theta_forget": fgt.item(),
+        return {"loss_theta": float(loss), "loss_theta_remember": float(rem), "loss_theta_forget": float(fgt),
                 "grad_norm_theta_remember": gnorm_rem, "grad_norm_theta_forget": gnorm_fgt, "grad_norm_theta": gnorm}
 
     def ema_update(self) -> float:
