@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from child import ROOT
+from child import run_child
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,14 +51,8 @@ def main() -> None:
                        "--paper-iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
                        "--autocast", args.autocast, "--accumulate", str(args.accumulate),
                        *(["--checkpointing"] if ckpt else [])]
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                if proc.returncode:
-                    oom = "out of memory" in proc.stderr.lower()
-                    if not oom:
-                        sys.exit(f"{network} batch {batch} checkpointing {ckpt} {var} failed:\n{proc.stderr[-3000:]}")
-                    rows.append({"network": network, "variant": var, "batch": batch, "checkpointing": ckpt, "oom": True})
-                else:
-                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                row = run_child(cmd, f"{network} batch {batch} checkpointing {ckpt} {var}", allow_oom=True)
+                rows.append(row or {"network": network, "variant": var, "batch": batch, "checkpointing": ckpt, "oom": True})
                 r = rows[-1]
                 state = "out of memory" if r.get("oom") else f"{r['sec_per_iter']:.3f} s/it"
                 print(f"  done batch {batch} ckpt {ckpt} {var}: {state}", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import tempfile
 from contextlib import contextmanager
@@ -166,6 +167,28 @@ def open_verified(path: str | Path, expected_sha256: str, hint: str = "") -> Ite
 
 
 # ----------------------------------------------------------------------------- sidecars
+
+
+class AllowlistUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of ``allowed`` (``{(module, name): object}``) or those
+    :meth:`resolve` returns, and refuses every other global, so no function named by the file runs.
+    Subclasses set ``allowed`` and ``refusal`` (why the rest is refused). Use it only on a file whose
+    checksum was verified first (:func:`open_verified`)."""
+
+    allowed: dict = {}
+    refusal = "this file may not name it"
+
+    def resolve(self, module: str, name: str):
+        """A global outside ``allowed`` that the subclass still accepts, or None."""
+        return None
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        obj = self.resolve(module, name)
+        if obj is None:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: {self.refusal}")
+        return obj
 
 
 def _jsonable(meta: dict) -> dict:

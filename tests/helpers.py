@@ -64,3 +64,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
     return res
+
+
+class Planted:
+    """A pickle payload that runs ``touch marker`` when unpickled by a plain unpickler (for tests that
+    a restricted unpickler refuses it without running it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -3,7 +3,6 @@ file (pecker/diffusion/pickled.py)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import pytest
@@ -14,6 +13,7 @@ from pecker import io
 from pecker.diffusion import pickled
 from pecker.diffusion.pickled import convert_pickled_unet, read_pickled_unet
 from pecker.diffusion.unet import load_unet
+from tests.helpers import Planted
 
 TINY = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -46,14 +46,8 @@ def test_pickled_unet_converts_to_the_same_network(tmp_path):
         assert torch.equal(loaded.eval()(z, t, encoder_hidden_states=h).sample, unet(z, t, encoder_hidden_states=h).sample)
 
 
-class _Planted:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_pickle_that_calls_a_function_is_refused_without_running_it(tmp_path):
-    planted = _Planted()
-    planted.marker = tmp_path / "ran"
+    planted = Planted(tmp_path / "ran")
     path, sha = _pickle(tmp_path, {"ema": planted})
     with pytest.raises(pickle.UnpicklingError, match="refused global"):
         read_pickled_unet(path, sha)

@@ -4,7 +4,6 @@ the decision rule against a hand computation, and the classifier on a tiny rando
 from __future__ import annotations
 
 import math
-import os
 import pickle
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 
 from pecker import io
 from pecker.evaluate.q16 import Q16Classifier, q16_flags, q16_probs, read_prompts
+from tests.helpers import Planted
 
 
 def _write(path, obj, protocol=None):
@@ -31,14 +31,8 @@ def test_prompts_file_in_the_real_layout_reads_back(tmp_path, protocol):
         read_prompts(tmp_path / "prompts.p", "f" * 64)
 
 
-class _Planted:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_prompts_file_that_calls_a_function_is_refused(tmp_path):
-    p = _Planted()
-    p.marker = tmp_path / "ran"
+    p = Planted(tmp_path / "ran")
     sha = _write(tmp_path / "bad.p", p)
     with pytest.raises(pickle.UnpicklingError, match="refused global"):
         read_prompts(tmp_path / "bad.p", sha)

@@ -27,7 +27,7 @@ would import and run whatever the file names. Here:
 from __future__ import annotations
 
 import io as _io
-import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -75,21 +75,17 @@ class DictSkeleton(dict):
         self.__dict__.update(state or {})
 
 
-class SkeletonUnpickler(pickle.Unpickler):
+class SkeletonUnpickler(io.AllowlistUnpickler):
     """Rebuilds network classes as :class:`Skeleton` records and refuses every other global."""
 
-    def find_class(self, module: str, name: str):
-        if (module, name) in ALLOWED_FUNCTIONS:
-            return ALLOWED_FUNCTIONS[(module, name)]
-        if (module, name) == ("collections", "OrderedDict"):
-            from collections import OrderedDict
+    allowed = {**ALLOWED_FUNCTIONS, ("collections", "OrderedDict"): OrderedDict}
+    refusal = "a pickled network may only name diffusers / torch.nn classes and torch's tensor rebuilders"
 
-            return OrderedDict
+    def resolve(self, module: str, name: str):
         if module.startswith(NETWORK_PACKAGES) and name[:1].isupper():
             base = DictSkeleton if name.endswith("Dict") else Skeleton
             return type(name, (base,), {"qualname": f"{module}.{name}"})
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: a pickled network may only name diffusers / "
-                                     "torch.nn classes and torch's tensor rebuilders")
+        return None
 
 
 def load_skeleton(fh) -> Any:

@@ -14,7 +14,6 @@ local folder in transformers' layout, never from the hub at run time.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +24,24 @@ from pecker import io
 INAPPROPRIATE = 1  # row of prompts.p that means "inappropriate"
 
 
-class ArrayUnpickler(pickle.Unpickler):
+def _array_globals() -> dict:
+    import codecs
+
+    from numpy._core import multiarray, numeric
+
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+    for pkg in ("numpy._core", "numpy.core"):  # numpy >= 2 and the pickles of numpy < 2
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return allowed
+
+
+class ArrayUnpickler(io.AllowlistUnpickler):
     """Rebuilds numpy arrays only (``ndarray``, ``dtype``, ``_reconstruct``, protocol 5's ``_frombuffer``,
     protocol 2's byte codec)."""
 
-    def find_class(self, module: str, name: str):
-        from numpy._core import multiarray, numeric
-
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-        for pkg in ("numpy._core", "numpy.core"):  # numpy >= 2 and the pickles of numpy < 2
-            allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
-            allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        if (module, name) == ("_codecs", "encode"):
-            import codecs
-
-            return codecs.encode
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: prompts.p may only hold a numpy array")
+    allowed = _array_globals()
+    refusal = "prompts.p may only hold a numpy array"
 
 
 def read_prompts(path: str | Path, expected_sha256: str) -> np.ndarray:
