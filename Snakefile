@@ -16,6 +16,7 @@ if not config:
 
 
 include: "rules/common.smk"
+include: "rules/assets.smk"
 include: "rules/data.smk"
 include: "rules/teacher.smk"
 include: "rules/classifier.smk"

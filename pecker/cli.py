@@ -26,6 +26,7 @@ COMMANDS = {
     "report": ("pecker.report.cli", "report"),
     "audit": ("pecker.report.cli", "audit"),
     "config": ("pecker.config_cli", "config"),
+    "assets": ("pecker.assets_cli", "assets"),
 }
 
 

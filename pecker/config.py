@@ -129,12 +129,55 @@ def _nonfinite_keys(obj, where: str = "") -> Iterable[str]:
         yield where
 
 
+def _string_values(obj, where: str = "") -> Iterable[tuple[str, str]]:
+    """``(dotted key, value)`` of every string in a config."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _string_values(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _string_values(v, f"{where}[{i}]")
+    elif isinstance(obj, str):
+        yield where, obj
+
+
+def asset_references(cfg: dict, dataset: str | None = None) -> dict[str, list[str]]:
+    """Asset name -> the config keys whose value is a path inside it (``{data_dir}/assets/NAME/...``),
+    over one dataset's section or the whole config (pecker/assets.py)."""
+    root = Path(cfg.get("data_dir", "data")) / "assets"
+    scope = {"datasets": {dataset: dataset_config(cfg, dataset)}} if dataset else {"datasets": cfg.get("datasets", {})}
+    refs: dict[str, list[str]] = {}
+    for key, value in _string_values(scope):
+        try:
+            rel = Path(value).relative_to(root)
+        except ValueError:
+            continue
+        if rel.parts:
+            refs.setdefault(rel.parts[0], []).append(key)
+    return refs
+
+
+def _check_asset_references(cfg: dict) -> None:
+    known = cfg.get("assets") or {}
+    for name, spec in known.items():
+        if "url" in spec and len(spec["files"]) != 1:
+            raise ConfigError(f"config key 'assets.{name}.files': a url asset is one file, got {len(spec['files'])}")
+        unknown = sorted(set(spec.get("sha256") or {}) - set(spec["files"]))
+        if unknown:
+            raise ConfigError(f"config key 'assets.{name}.sha256': {unknown[0]!r} is not one of the asset's files")
+    for name, keys in asset_references(cfg).items():
+        if name not in known:
+            raise ConfigError(f"config key '{keys[0]}': a path inside asset {name!r}, which is not configured under "
+                              f"'assets' (configured: {', '.join(sorted(known)) or 'none'})")
+
+
 def _check_semantics(cfg: dict) -> None:
     """Cross-key checks that JSON schema cannot express."""
     bad = list(_nonfinite_keys(cfg))
     if bad:
         raise ConfigError(f"config key '{bad[0]}': must be a finite number"
                           + (f" (also: {', '.join(bad[1:4])})" if len(bad) > 1 else ""))
+    _check_asset_references(cfg)
     for name, ds in cfg.get("datasets", {}).items():
         unet = ds["unet"]
         n_levels = len(unet["channel_mult"])

@@ -31,6 +31,10 @@ TRAINED = [ds for ds in DATASETS if ds not in FETCHED]
 # the same teacher, unlearning and evaluation rules, different report rules.
 TEXT_DATASETS = [ds for ds in DATASETS if config["datasets"][ds].get("text")]
 CLASS_DATASETS = [ds for ds in DATASETS if ds not in TEXT_DATASETS]
+# Paper-scale network files (pecker/assets.py): a config value under {data_dir}/assets/NAME/ makes
+# the dataset's jobs depend on that asset's manifest (rules/assets.smk).
+ASSETS = sorted(config.get("assets") or {})
+ASSET_REFS = {ds: sorted(pwf.asset_references(config, ds)) for ds in DATASETS}
 
 
 wildcard_constraints:
@@ -69,6 +73,17 @@ def refuse_dry_run_while_locked():
             "`snakemake --unlock` if that instance was killed."
         )
     return []
+
+
+def dataset_assets(wildcards):
+    """The manifests of the assets a dataset's config points into (nothing at embedded scale)."""
+    return [f"{DATA}/assets/{a}/manifest.json" for a in ASSET_REFS[wildcards.dataset]]
+
+
+def asset_config(wildcards, output):
+    """A resolved config holding the assets section: that of the first dataset using the asset."""
+    users = [ds for ds in DATASETS if wildcards.asset in ASSET_REFS[ds]] or DATASETS
+    return RESOLVED[users[0]]
 
 
 def resolved_config(wildcards, output):
