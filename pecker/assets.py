@@ -127,3 +127,17 @@ def fetch_asset(cfg: dict, name: str) -> dict:
     io.atomic_write_json(dest / MANIFEST, manifest)
     log.info("asset %s: %d files verified (%d pinned) -> %s", name, len(files), len(pins), dest / MANIFEST)
     return manifest
+
+
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 that the manifest of the asset holding ``path`` recorded for it (verified when the
+    asset was fetched), or None when ``path`` is not a file of a fetched asset."""
+    path = Path(path)
+    for folder in path.parents:
+        if folder.name == "assets":
+            return None
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            entry = io.read_json(manifest)["files"].get(path.relative_to(folder).as_posix())
+            return entry["sha256"] if entry else None
+    return None

@@ -22,6 +22,14 @@ from pecker.io import canonical_json, is_full_hash
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def is_asset_path(path: str | Path) -> bool:
+    """A file of a fetched asset (``{data_dir}/assets/NAME/...``, pecker/assets.py): it may not exist
+    before its fetch job ran, and its content is governed by the asset's sha256 pins and manifest, so
+    it is checked and hashed by path."""
+    parts = Path(path).parts
+    return "assets" in parts[:-2]
+
+
 def data_file(path: str | Path) -> Path:
     """A file the config names (prompt sets, caption specs): absolute as given; relative to the working
     directory when it exists there, else to the repository (``config/prompts/...`` works from any
@@ -157,6 +165,16 @@ def asset_references(cfg: dict, dataset: str | None = None) -> dict[str, list[st
     return refs
 
 
+def asset_manifest(cfg: dict, path: str) -> str:
+    """The manifest of the asset that ``path`` (a file inside ``{data_dir}/assets/NAME/``) belongs to."""
+    root = Path(cfg.get("data_dir", "data")) / "assets"
+    try:
+        name = Path(path).relative_to(root).parts[0]
+    except (ValueError, IndexError):
+        raise ConfigError(f"{path!r} is not a file of a fetched asset (a path inside {root}/NAME/)") from None
+    return str(root / name / "manifest.json")
+
+
 def _check_asset_references(cfg: dict) -> None:
     known = cfg.get("assets") or {}
     for name, spec in known.items():
@@ -165,6 +183,13 @@ def _check_asset_references(cfg: dict) -> None:
         unknown = sorted(set(spec.get("sha256") or {}) - set(spec["files"]))
         if unknown:
             raise ConfigError(f"config key 'assets.{name}.sha256': {unknown[0]!r} is not one of the asset's files")
+    for ds_name, ds in (cfg.get("datasets") or {}).items():
+        init = (ds.get("unlearn") or {}).get("generator_init")
+        if init:
+            try:
+                asset_manifest(cfg, init["pickle"])
+            except ConfigError as err:
+                raise ConfigError(f"config key 'datasets.{ds_name}.unlearn.generator_init.pickle': {err}") from None
     for name, keys in asset_references(cfg).items():
         if name not in known:
             raise ConfigError(f"config key '{keys[0]}': a path inside asset {name!r}, which is not configured under "
@@ -205,7 +230,7 @@ def _check_semantics(cfg: dict) -> None:
         if not b0 < b1 < 1:
             raise ConfigError(f"config key 'datasets.{name}.diffusion.beta_end': need beta_start < beta_end < 1 "
                               f"(got {b0}, {b1})")
-        _check_data_source(name, ds["data"])
+        _check_data_source(name, ds["data"], ds.get("classifier"))
         T = diff.get("num_train_timesteps", 1000)
         _check_samplers(name, ds, T)
         _check_teacher_file(name, ds)
@@ -268,13 +293,23 @@ def _check_text(name: str, ds: dict) -> None:
     ecfg = (ds.get("evaluate") or {}).get("concept")
     if ecfg is None:
         raise ConfigError(f"config key '{where}.evaluate.concept': required with a text section (Tables 2-3)")
+    if ecfg.get("detectors") == "paper":
+        if any(t["type"] == "celebrity" for t in tasks.values()) and not ecfg.get("gcd"):
+            raise ConfigError(f"config key '{where}.evaluate.concept.gcd': detectors paper scores celebrity tasks with "
+                              "the Giphy Celebrity Detector; set gcd.resources (its model folder)")
+        if any(t["type"] == "nudity" for t in tasks.values()) and not ecfg.get("q16"):
+            raise ConfigError(f"config key '{where}.evaluate.concept.q16': detectors paper scores nudity with Q16; set "
+                              "q16.clip and q16.prompts")
+    elif ds["data"]["source"] == "none":
+        raise ConfigError(f"config key '{where}.evaluate.concept.detectors': a dataset without training images "
+                          "(data.source none) has no classifier for the embedded detectors; use detectors: paper")
     if any(t["type"] == "nudity" for t in tasks.values()):
         if not ecfg.get("i2p_prompts"):
             raise ConfigError(f"config key '{where}.evaluate.concept.i2p_prompts': a nudity task is scored on an "
                               "I2P-format prompt file")
         files.append(("evaluate.concept.i2p_prompts", ecfg["i2p_prompts"]))
     for key, path in files:
-        if path and not data_file(path).is_file():
+        if path and not is_asset_path(path) and not data_file(path).is_file():
             raise ConfigError(f"config key '{where}.{key}': file {path} does not exist (relative paths: to the "
                               f"working directory or the repository {REPO_ROOT})")
 
@@ -288,13 +323,22 @@ def text_files(ds: dict) -> dict[str, str]:
     for t in ((ds.get("unlearn") or {}).get("tasks") or {}).values():
         paths += [t.get("prompts"), t.get("retain")]
     paths.append(((ds.get("evaluate") or {}).get("concept") or {}).get("i2p_prompts"))
-    return {str(p): sha256_file(data_file(p)) for p in paths if p}
+    return {str(p): "asset file (pinned by its manifest)" if is_asset_path(p) else sha256_file(data_file(p))
+            for p in paths if p}
 
 
-def _check_data_source(name: str, data: dict) -> None:
+def _check_data_source(name: str, data: dict, classifier: dict | None = None) -> None:
     """Channels and classes the source can give (colour is never turned grey)."""
     from pecker.data.sources import SOURCES
 
+    if data["source"] == "none":
+        return
+    if data["channels"] == 4:
+        raise ConfigError(f"config key 'datasets.{name}.data.channels': 4 is a latent's channel count, only for "
+                          "data.source none")
+    if classifier is None:
+        raise ConfigError(f"config key 'datasets.{name}.classifier': required (the UA classifier / the embedded "
+                          "detectors' classifier); only a dataset with data.source none has none")
     src, where = SOURCES[data["source"]], f"datasets.{name}.data"
     if src.channels == 3 and data["channels"] == 1:
         raise ConfigError(f"config key '{where}.channels': 1 but source {data['source']} has 3 (colour) channels; "
@@ -325,6 +369,9 @@ def _check_teacher_file(name: str, ds: dict) -> None:
     """``teacher.source: file | published`` names the file (or where to fetch it) and its full sha256;
     a published SA checkpoint needs the network it was trained with."""
     teacher = ds.get("teacher") or {}
+    if teacher.get("source") == "sd_folder" and (ds.get("text") or {}).get("source") != "sd_folder":
+        raise ConfigError(f"config key 'datasets.{name}.teacher.source': sd_folder takes the UNet of the Stable "
+                          "Diffusion folder text.model, so text.source must be sd_folder")
     if teacher.get("source") not in ("file", "published"):
         return
     if teacher["source"] == "published" and (ds.get("unet") or {}).get("arch") != "ddpm_conditional":

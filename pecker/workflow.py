@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pecker.config import ConfigError, asset_references, config_hash, dataset_config, resolve, resolved_path, store_resolved, text_files, validate  # noqa: F401
+from pecker.config import ConfigError, asset_manifest, asset_references, config_hash, dataset_config, resolve, resolved_path, store_resolved, text_files, validate  # noqa: F401
 from pecker.unlearn.settings import BOOKKEEPING as UNLEARN_BOOKKEEPING
 from pecker.unlearn.settings import MULTI_STEP, method_kind, method_seeds, method_settings
 

@@ -3,6 +3,9 @@
 # against its pin, then a manifest written (pecker/assets.py). Offline, the job fails with a message
 # naming the missing files and how to provide them; files copied there by hand are verified instead.
 rule fetch_asset:
+    input:
+        # a dataset without training images has no data job: the lock check runs here too
+        lambda w: refuse_dry_run_while_locked(),
     output:
         manifest=f"{DATA}/assets/{{asset}}/manifest.json",
     log:

@@ -34,6 +34,15 @@ CLASS_DATASETS = [ds for ds in DATASETS if ds not in TEXT_DATASETS]
 # Paper-scale network files (pecker/assets.py): a config value under {data_dir}/assets/NAME/ makes
 # the dataset's jobs depend on that asset's manifest (rules/assets.smk).
 ASSETS = sorted(config.get("assets") or {})
+# Datasets without training images (data.source none: Stable Diffusion) have no data, classifier or
+# reference jobs; text datasets scored with the paper's detectors (GCD, Q16, NudeNet) need none.
+PROMPT_ONLY = [ds for ds in DATASETS if config["datasets"][ds]["data"]["source"] == "none"]
+PAPER_EVAL = [
+    ds
+    for ds in TEXT_DATASETS
+    if (config["datasets"][ds].get("evaluate") or {}).get("concept", {}).get("detectors")
+    == "paper"
+]
 ASSET_REFS = {ds: sorted(pwf.asset_references(config, ds)) for ds in DATASETS}
 
 
@@ -118,7 +127,9 @@ def all_targets():
                 f"{RESULTS}/{ds}/teacher/samples.png",
                 f"{RESULTS}/{ds}/teacher/sample_accuracy.json",
             ]
-        targets += [f"{RESULTS}/{ds}/classifier/model.json", *eval_jsons(ds)]
+        if ds not in PROMPT_ONLY:
+            targets.append(f"{RESULTS}/{ds}/classifier/model.json")
+        targets += eval_jsons(ds)
     return targets + REPORT_TARGETS
 
 
@@ -152,6 +163,70 @@ def eval_grids(dataset):
     ]
 
 
+def celebrity_scored(dataset, method):
+    """Whether a model's evaluation has a celebrity task (the teacher and SLD: any of the dataset's)."""
+    unl = config["datasets"][dataset].get("unlearn") or {}
+    tasks = unl.get("tasks") or {}
+    if method in ("teacher", "sld"):
+        return any(t["type"] == "celebrity" for t in tasks.values())
+    task = (unl.get("methods") or {}).get(method, {}).get("task")
+    return task in tasks and tasks[task]["type"] == "celebrity"
+
+
+def eval_inputs_for(method=None):
+    """An input function of the evaluation rules: what an evaluation reads besides the model. Embedded
+    detectors: the classifier, the training images and the reference features. The paper's detectors:
+    the dataset's assets and, with a celebrity task, the celebrity detector's output for this model."""
+
+    def inputs(w):
+        ds = w.dataset
+        if ds not in PAPER_EVAL:
+            return dict(
+                classifier=f"{RESULTS}/{ds}/classifier/model.json",
+                data=f"{DATA}/{ds}/train.npz",
+                reference=f"{RESULTS}/{ds}/eval/reference.npz",
+            )
+        m = method or w.method
+        seed = getattr(w, "seed", "0") if method is None else "0"
+        point = f"step{w.step}" if hasattr(w, "step") else "final"
+        out = {"assets": dataset_assets(w)}
+        if celebrity_scored(ds, m):
+            out["gcd"] = f"{RESULTS}/{ds}/eval/{m}/seed{seed}/{point}_gcd.jsonl"
+        return out
+
+    return inputs
+
+
+def eval_args(w, input):
+    """The evaluation CLI's flags for the inputs of :func:`eval_inputs_for`."""
+    keys = input.keys()
+    if "classifier" in keys:
+        return (
+            f" --classifier {Path(input.classifier).with_suffix('')}"
+            f" --data {Path(input.data).parent} --reference {input.reference}"
+        )
+    return f" --gcd {input.gcd}" if "gcd" in keys else ""
+
+
+def celebrity_model(w):
+    """The model file whose celebrity images rule celebrity_images draws."""
+    if w.method in ("teacher", "sld"):
+        return {"model": f"{RESULTS}/{w.dataset}/teacher/ema.json"}
+    return {
+        "model": f"{RESULTS}/{w.dataset}/unlearn/{w.method}/seed{w.seed}/generator_ema.json"
+    }
+
+
+def celebrity_prefix(w, input):
+    """kind and checkpoint prefix of that model (a checkpoint's generator_ema under ckpt/)."""
+    path = Path(input.model)
+    if w.method in ("teacher", "sld"):
+        return f"--kind {w.method} --checkpoint {path.with_suffix('')}"
+    if w.point == "final":
+        return f"--kind generator --checkpoint {path.with_suffix('')}"
+    return f"--kind generator --checkpoint {path.parent / 'ckpt' / w.point / 'generator_ema'}"
+
+
 def method_settings(w):
     return pwf.unlearn_settings(config, w.dataset, w.method)
 
@@ -162,6 +237,19 @@ def init_run(w):
     if not init:
         return []
     return f"{RESULTS}/{w.dataset}/unlearn/{init}/seed{w.seed}/generator_ema.json"
+
+
+def generator_init(w):
+    """The converted generator_init network (SiD-LSG for SD) a one-stage SFD-loop run starts from."""
+    s = method_settings(w)
+    if not s.get("generator_init") or s.get("init_from"):
+        return []
+    return f"{RESULTS}/{w.dataset}/generator_init/unet.json"
+
+
+INIT_DATASETS = [
+    ds for ds in DATASETS if (config["datasets"][ds].get("unlearn") or {}).get("generator_init")
+]
 
 
 def baseline_inputs(w):

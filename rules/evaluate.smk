@@ -7,13 +7,6 @@
 # On a text dataset the same command scores the concept tasks (Tables 2-3) instead of Table 1's metrics.
 
 
-EVAL_INPUTS = dict(
-    classifier=f"{RESULTS}/{{dataset}}/classifier/model.json",
-    data=f"{DATA}/{{dataset}}/train.npz",
-    reference=f"{RESULTS}/{{dataset}}/eval/reference.npz",
-)
-
-
 # the teacher's and SLD's result paths also match the patterns of evaluate_baseline and evaluate_final
 ruleorder: evaluate_teacher > evaluate_sld > evaluate_baseline > evaluate_final
 
@@ -46,7 +39,7 @@ rule reference_features:
 
 rule evaluate_teacher:
     input:
-        **EVAL_INPUTS,
+        unpack(eval_inputs_for("teacher")),
         model=rules.train_teacher.output.ema_meta,
     output:
         json=f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final.json",
@@ -66,17 +59,16 @@ rule evaluate_teacher:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.model).with_suffix(""),
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
+        args=eval_args,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind teacher"
-        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference} --method teacher"
+        " --checkpoint {params.prefix}{params.args} --method teacher"
         " --seed 0 --final --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_sld:
     input:
-        **EVAL_INPUTS,
+        unpack(eval_inputs_for("sld")),
         model=rules.train_teacher.output.ema_meta,
     output:
         json=f"{RESULTS}/{{dataset}}/eval/sld/seed0/final.json",
@@ -98,17 +90,16 @@ rule evaluate_sld:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.model).with_suffix(""),
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
+        args=eval_args,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind sld"
-        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --checkpoint {params.prefix}{params.args}"
         " --method sld --seed 0 --final --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_baseline:
     input:
-        **EVAL_INPUTS,
+        unpack(eval_inputs_for()),
         model=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/unet.json",
     output:
         f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/final.json",
@@ -129,18 +120,17 @@ rule evaluate_baseline:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.model).with_suffix(""),
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
+        args=eval_args,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind diffusion"
-        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --checkpoint {params.prefix}{params.args}"
         " --method {wildcards.method} --seed {wildcards.seed} --final --out {output} --threads {threads}"
         " > {log} 2>&1"
 
 
 rule evaluate_checkpoint:
     input:
-        **EVAL_INPUTS,
+        unpack(eval_inputs_for()),
         run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
     output:
         json=f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/step{{step}}.json",
@@ -165,18 +155,17 @@ rule evaluate_checkpoint:
         / "ckpt"
         / f"step{w.step}"
         / "generator_ema",
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
+        args=eval_args,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind generator"
-        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --checkpoint {params.prefix}{params.args}"
         " --method {wildcards.method} --seed {wildcards.seed} --checkpoint-only"
         " --out {output.json} --grid {output.grid} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_final:
     input:
-        **EVAL_INPUTS,
+        unpack(eval_inputs_for()),
         run=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
     output:
         f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/final.json",
@@ -195,10 +184,75 @@ rule evaluate_final:
         cfg=resolved_config,
         hash=stage_hash("evaluate"),
         prefix=lambda w, input: Path(input.run).with_suffix(""),
-        clf=lambda w, input: Path(input.classifier).with_suffix(""),
-        data=lambda w, input: Path(input.data).parent,
+        args=eval_args,
     shell:
         "pecker evaluate model --config {params.cfg} -d {wildcards.dataset} --kind generator"
-        " --checkpoint {params.prefix} --classifier {params.clf} --data {params.data} --reference {input.reference}"
+        " --checkpoint {params.prefix}{params.args}"
         " --method {wildcards.method} --seed {wildcards.seed} --final --out {output} --threads {threads}"
         " > {log} 2>&1"
+
+
+# The paper's celebrity detector (evaluate.concept.detectors: paper; Table 2 at paper scale). Its
+# environment (Python 3.6, TF 1.15) cannot share the main one, so the images are drawn here, scored
+# by GCD in its own conda environment, and the evaluation rules above read its output (--gcd).
+rule celebrity_images:
+    input:
+        unpack(celebrity_model),
+        assets=dataset_assets,
+    output:
+        directory(f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/{{point}}_faces"),
+    log:
+        f"{RESULTS}/logs/{{dataset}}/celebrity_images_{{method}}_seed{{seed}}_{{point}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/celebrity_images_{{method}}_seed{{seed}}_{{point}}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(PAPER_EVAL),
+        point="final|step[0-9]{7}",
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        cfg=resolved_config,
+        hash=stage_hash("evaluate"),
+        model=celebrity_prefix,
+    shell:
+        "pecker evaluate celebrity-images --config {params.cfg} -d {wildcards.dataset} {params.model}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule gcd_detect:
+    input:
+        images=rules.celebrity_images.output[0],
+    output:
+        f"{RESULTS}/{{dataset}}/eval/{{method}}/seed{{seed}}/{{point}}_gcd.jsonl",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/gcd_detect_{{method}}_seed{{seed}}_{{point}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/gcd_detect_{{method}}_seed{{seed}}_{{point}}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(PAPER_EVAL),
+        point="final|step[0-9]{7}",
+    conda:
+        "envs/gcd.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        script=f"{workflow.basedir}/scripts/gcd_detect.py",
+        resources=lambda w: config["datasets"][w.dataset]["evaluate"]["concept"]["gcd"][
+            "resources"
+        ],
+        cuda=lambda w: (
+            " --cuda"
+            if config["datasets"][w.dataset]["evaluate"]["concept"]["gcd"].get("cuda", True)
+            else ""
+        ),
+    shell:
+        "python {params.script} --images {input.images} --resources {params.resources}"
+        " --out {output}{params.cuda} > {log} 2>&1"

@@ -40,7 +40,10 @@ rule train_teacher:
 
 rule fetch_teacher:
     # teacher.source file | published: download (when absent), verify the full sha256, convert
-    # (a published pickle is read with weights_only=True, once, here) -> the same files as training
+    # (a published pickle is read with weights_only=True, once, here) -> the same files as training;
+    # sd_folder: the UNet of the fetched Stable Diffusion folder (text.model), checked against its manifest
+    input:
+        assets=dataset_assets,
     output:
         ema=f"{RESULTS}/{{dataset}}/teacher/ema.safetensors",
         ema_meta=f"{RESULTS}/{{dataset}}/teacher/ema.json",

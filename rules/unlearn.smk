@@ -7,6 +7,8 @@ rule unlearn:
         teacher=rules.train_teacher.output.ema,
         teacher_meta=rules.train_teacher.output.ema_meta,
         init=init_run,
+        generator_init=generator_init,
+        assets=dataset_assets,
     output:
         generator=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.safetensors",
         meta=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
@@ -31,10 +33,49 @@ rule unlearn:
         teacher=lambda w, input: Path(input.teacher).with_suffix(""),
         out=lambda w, output: Path(output.meta).parent,
         init=lambda w, input: f" --init {Path(input.init).parent}" if input.init else "",
+        generator_init=lambda w, input: (
+            f" --generator-init {Path(input.generator_init).with_suffix('')}"
+            if input.generator_init
+            else ""
+        ),
     shell:
         "pecker unlearn --config {params.cfg} -d {wildcards.dataset} --method {wildcards.method}"
-        " --seed {wildcards.seed} --teacher {params.teacher}{params.init} --out {params.out} --threads {threads}"
-        " > {log} 2>&1"
+        " --seed {wildcards.seed} --teacher {params.teacher}{params.init}{params.generator_init} --out {params.out}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule convert_generator_init:
+    # unlearn.generator_init (SiD-LSG's one-step generator for SD): the pickled network of a fetched
+    # asset, checked against the asset manifest's sha256, rebuilt without running code from the file
+    # (pecker/diffusion/pickled.py) and written as safetensors once; nothing reads the pickle again.
+    input:
+        assets=dataset_assets,
+    output:
+        unet=f"{RESULTS}/{{dataset}}/generator_init/unet.safetensors",
+        meta=f"{RESULTS}/{{dataset}}/generator_init/unet.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/convert_generator_init.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/convert_generator_init.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(INIT_DATASETS),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        pickle=lambda w: config["datasets"][w.dataset]["unlearn"]["generator_init"]["pickle"],
+        key=lambda w: config["datasets"][w.dataset]["unlearn"]["generator_init"].get("key")
+        or "",
+        manifest=lambda w: pwf.asset_manifest(
+            config, config["datasets"][w.dataset]["unlearn"]["generator_init"]["pickle"]
+        ),
+        out=lambda w, output: Path(output.meta).with_suffix(""),
+    shell:
+        "pecker teacher convert-pickled {params.pickle} --manifest {params.manifest} --key '{params.key}'"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule unlearn_baseline:

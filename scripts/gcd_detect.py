@@ -3,7 +3,8 @@
     python scripts/gcd_detect.py --images DIR --resources GCD_DATA_DIR --out faces.jsonl [--cuda]
 
 Runs in GCD's own environment (rules/envs/gcd.yaml: Python 3.6), so it imports nothing from pecker
-and keeps to Python 3.6 syntax. Each line is {"image": file name, "faces": results}, where results is
+and keeps to Python 3.6 syntax. It takes every image below --images (sub-folders included). Each line
+is {"image": path relative to --images, "faces": results}, where results is
 what GCD's FaceRecognizer.perform returns for the faces its detector found in the image, as GCD
 returns it: [[[label, probability], ... top 5], is_known] per face cluster, labels as GCD's folder names.
 pecker/evaluate/gcd.py reads the file in the main environment.
@@ -36,7 +37,13 @@ def main():
     detector = FaceDetector(args.resources, margin=args.margin, use_cuda=args.cuda)
     recognizer = FaceRecognizer(labels=labels, resources_path=args.resources, use_cuda=args.cuda)
 
-    names = sorted(n for n in os.listdir(args.images) if n.lower().endswith((".png", ".jpg", ".jpeg")))
+    names = []  # paths relative to --images, "/"-separated (pecker writes TASK/NNN_SS.png)
+    for folder, _, files in os.walk(args.images):
+        rel = os.path.relpath(folder, args.images)
+        for n in files:
+            if n.lower().endswith((".png", ".jpg", ".jpeg")):
+                names.append(n if rel == "." else "/".join(rel.split(os.sep) + [n]))
+    names.sort()
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         for name in names:

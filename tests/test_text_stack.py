@@ -10,8 +10,8 @@ import torch
 from pecker.diffusion.schedule import make_scheduler
 from pecker.diffusion.unet import build_unet, load_unet, null_label, save_unet
 from pecker.text.stack import PassThroughVAE, PromptEncoder, build_stack, minilm_path
+from tests.helpers import SD_SCHEDULE, tiny_sd_folder
 
-SD_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 TINY_UNET = dict(arch="unet2d_condition", base_channels=8, channel_mult=[1, 2], layers_per_block=1,
                  attention_resolutions=[4], dropout=0.0, attention_head_dim=4, norm_num_groups=4,
                  cross_attention_dim=384)
@@ -114,34 +114,10 @@ def test_sld_with_the_scaled_warmup_changes_the_images(stack, unet):
     assert (outs[0] - outs[1]).abs().max() > 1e-4
 
 
-def _tiny_sd_folder(path, stack):
-    """A Stable Diffusion model folder in diffusers' layout with tiny random weights (CLIP text
-    encoder, AutoencoderKL, UNet2DConditionModel, scheduler); the tokenizer is MiniLM's (no CLIP vocab
-    offline)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=stack.tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        norm_num_groups=4, sample_size=16)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4)
-    sched = DDPMScheduler(**SD_SCHEDULE)
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=stack.tokenizer, unet=unet, scheduler=sched,
-                            safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(path)
-    return unet
-
-
 def test_sd_folder_loading_code_on_a_tiny_random_model(stack, tmp_path):
     from pecker.text.stack import sd_unet
 
-    ref = _tiny_sd_folder(tmp_path / "sd", stack)
+    ref = tiny_sd_folder(tmp_path / "sd", stack.tokenizer)
     sd = build_stack({"source": "sd_folder", "model": str(tmp_path / "sd"), "max_length": 12}, {"channels": 3})
     assert sd.describe()["text_source"] == "sd_folder" and sd.hidden_size == 16
     unet = sd_unet({"model": str(tmp_path / "sd")})

@@ -91,6 +91,9 @@ def prepare(data_cfg: Mapping, out_dir: str | Path, dataset: str | None = None) 
     """
     cfg_key = f"datasets.{dataset}.data" if dataset else "data"
     data = complete_data_config(data_cfg, cfg_key)
+    if data["source"] == "none":
+        raise ConfigError(f"config key '{cfg_key}.source': none: a dataset without training images has nothing to "
+                          "prepare (its workflow has no data job)")
     digest = ds_stage_hash({"data": data}, "data")
     rec = Recorder("data.prepare", digest, dataset=dataset)
     check_channels(get_source(data["source"]).channels, data["channels"], cfg_key)  # before loading

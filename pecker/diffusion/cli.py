@@ -59,19 +59,31 @@ def fetch(config_files, overrides, dataset, out_dir, log_file) -> None:
 
 @teacher.command("convert-pickled")
 @click.argument("pickle_file", type=click.Path(dir_okay=False))
-@click.option("--sha256", "sha256", required=True, help="The file's full sha256 (checked before anything is read).")
+@click.option("--sha256", "sha256", default=None, help="The file's full sha256 (checked before anything is read).")
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Instead of --sha256: the manifest of the asset the file belongs to (pecker assets fetch).")
 @click.option("--key", default="ema", show_default=True, help="Key of the network in the pickled dict ('' = the pickle is the network).")
 @click.option("--out", "out_prefix", type=click.Path(dir_okay=False), required=True,
               help="Output prefix: PREFIX.safetensors and PREFIX.json.")
 @clitools.log_option
-def convert_pickled(pickle_file, sha256, key, out_prefix, log_file) -> None:
+def convert_pickled(pickle_file, sha256, manifest, key, out_prefix, log_file) -> None:
     """Convert a pickled diffusers UNet2DConditionModel (SiD-LSG's dict(ema=unet)) to safetensors, with
     no code from the file run (pecker/diffusion/pickled.py); its own step, run once per file."""
     import pickle
+    from pathlib import Path
 
+    from pecker import io
     from pecker.diffusion.pickled import convert_pickled_unet
 
     clitools.setup_logging(log_file)
+    if (sha256 is None) == (manifest is None):
+        raise click.UsageError("give exactly one of --sha256 and --manifest")
+    if manifest is not None:
+        rel = Path(pickle_file).resolve().relative_to(Path(manifest).resolve().parent).as_posix()
+        entry = io.read_json(manifest)["files"].get(rel)
+        if entry is None:
+            raise click.ClickException(f"{manifest} does not list {rel}: not a file of that asset")
+        sha256 = entry["sha256"]
     try:
         out = convert_pickled_unet(pickle_file, sha256, out_prefix, key or None)
     except (pickle.UnpicklingError, ValueError) as err:

@@ -262,6 +262,37 @@ def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:
                      "optimizer": opt_meta, "rng": rng_meta}
 
 
+def install_sd_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
+    """``teacher.source: sd_folder``: the UNet of the Stable Diffusion folder ``text.model`` (a fetched
+    asset, its files verified against the asset manifest first) installed as ``ema`` and ``model``,
+    so every later step reads it like any other teacher. The SD folder's file hashes and the hub
+    commit it came from are recorded in the sidecar."""
+    from pecker.assets import MANIFEST
+    from pecker.text.stack import sd_unet
+
+    folder = Path(ds_cfg["text"]["model"])
+    manifest_path = folder / MANIFEST
+    origin = {"folder": str(folder)}
+    if manifest_path.is_file():
+        manifest = io.read_json(manifest_path)
+        for rel in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"):
+            entry = manifest["files"].get(rel)
+            if entry is not None:
+                io.verify_checksum(folder / rel, entry["sha256"])
+        origin.update(asset=manifest["asset"], hub=manifest["origin"], files={
+            k: v["sha256"] for k, v in manifest["files"].items() if k.startswith("unet/")})
+    else:
+        log.warning("%s has no asset manifest (%s): the teacher's source files are not verified", folder, MANIFEST)
+    model = sd_unet(ds_cfg["text"])
+    chash = ds_stage_hash(ds_cfg, "teacher")
+    meta = {"kind": "teacher", "source": "sd_folder", "origin": origin, "config_hash": chash, "weights": "ema"}
+    meta["provenance"] = Recorder("teacher.fetch", chash).finish()
+    out_dir = Path(out_dir)
+    save_unet(out_dir / "ema", model, meta)
+    save_unet(out_dir / "model", model, meta)
+    return meta
+
+
 def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
     """``teacher.source: file | published``: verify a checkpoint (full sha256, before it is read) and
     install it as ``ema`` and ``model``.
@@ -273,6 +304,8 @@ def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
     from pecker import weights
 
     tcfg = ds_cfg["teacher"]
+    if tcfg["source"] == "sd_folder":
+        return install_sd_teacher(ds_cfg, out_dir)
     fcfg = tcfg.get("file") or {}
     src, sha = Path(fcfg.get("path") or Path(out_dir) / "download" / Path(str(fcfg.get("url"))).name), fcfg["sha256"]
     if not src.is_file():

@@ -88,7 +88,10 @@ def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
                    "teacher through diffusers' safe pipeline (SLD-Medium; text datasets).")
 @click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
-@click.option("--classifier", "classifier_prefix", required=True, type=click.Path(dir_okay=False))
+@click.option("--classifier", "classifier_prefix", default=None, type=click.Path(dir_okay=False),
+              help="Classifier checkpoint prefix (all but a text dataset with evaluate.concept.detectors paper).")
+@click.option("--gcd", "gcd_output", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Text dataset, detectors paper: the celebrity detector's output for this model (rule gcd_detect).")
 @clitools.data_option
 @click.option("--method", default=None, help="Method label recorded in the result (default: from the checkpoint).")
 @click.option("--seed", type=int, default=None, help="Run seed recorded in the result (default: from the checkpoint).")
@@ -101,7 +104,7 @@ def check_generator_sidecar(prefix: str, ds_cfg: dict) -> None:
               help="Reference feature cache (default: {results_dir}/{dataset}/eval/reference_{extractor}.npz).")
 @clitools.threads_option
 @clitools.log_option
-def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, data_dir, method, seed, final,
+def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, gcd_output, data_dir, method, seed, final,
           out_path, grid_path, reference_path, threads, log_file) -> None:
     """UA, retained accuracy, FID, KID, precision, recall and IS of one model, with provenance.
 
@@ -123,12 +126,16 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
     data_dir = clitools.data_dir_for(cfg, dataset, data_dir)
     rec = Recorder("evaluate.model", workflow.stage_hash(cfg, dataset, "evaluate"),
                    seeds={"evaluate": ds["evaluate"]["seed"]})
+    paper = ((ds["evaluate"].get("concept") or {}).get("detectors") or "embedded") == "paper"
+    if classifier_prefix is None and not (ds.get("text") and paper):
+        raise click.UsageError("--classifier is required (only a text dataset with evaluate.concept.detectors paper "
+                               "needs none)")
     if ds.get("text"):
         from pecker.evaluate.concept_run import evaluate_prefix
 
         res, cmeta = evaluate_prefix(ds, dataset, kind, prefix, classifier_prefix=classifier_prefix, data_dir=data_dir,
                                      results_dir=cfg["results_dir"], device=device, final=final, grid_out=grid_path,
-                                     reference_cache=reference_path)
+                                     reference_cache=reference_path, gcd_output=gcd_output)
     else:
         if kind == "sld":
             raise cfgmod.ConfigError(f"--kind sld needs a text dataset (datasets.{dataset}.text)")
@@ -166,6 +173,35 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, dat
         return
     log.info("UA %.2f retained acc %.3f FID %.2f IS %.2f precision %.3f", m["ua"], m["retained_accuracy"],
              m["fid"], m["is_mean"], m["precision"])
+
+
+@evaluate.command("celebrity-images")
+@clitools.config_options
+@click.option("--kind", type=click.Choice(["generator", "teacher", "sld"]), required=True)
+@click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder: TASK/NNN_SS.png per image and index.json.")
+@clitools.threads_option
+@clitools.log_option
+def celebrity_images(config_files, overrides, dataset, kind, prefix, out_dir, threads, log_file) -> None:
+    """Draw the celebrity-task images of one model for the celebrity detector's job (rule gcd_detect):
+    the teacher and SLD on every celebrity task, a generator on its own."""
+    from pecker import io
+    from pecker.evaluate.concept_run import celebrity_tasks_of, model_drawer, write_celebrity_images
+
+    log = clitools.setup_logging(log_file)
+    clitools.set_threads(threads)
+    cfg = clitools.load_config(config_files, overrides)
+    ds = cfgmod.dataset_config(cfg, dataset)
+    device = clitools.resolve_device(cfg["device"])
+    index = {}
+    for name in celebrity_tasks_of(ds, dataset, kind, prefix):
+        task = ds["unlearn"]["tasks"][name]
+        draw, _, shape = model_drawer(kind, prefix, ds, device, safety_concept=task.get("concept") if kind == "sld" else None)
+        index.update(write_celebrity_images(ds, draw, shape, [name], out_dir, write_index=False))
+        log.info("task %s: %d images", name, len(index[name]))
+    io.atomic_write_json(f"{out_dir}/index.json", index)  # last: its presence means the folder is complete
 
 
 @evaluate.command()

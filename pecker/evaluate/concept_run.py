@@ -19,7 +19,13 @@ Metrics, per task (the metric code is :mod:`pecker.evaluate.concept`):
   seed; unsafe = attribute detector OR NudeNet; inappropriate probability and the bootstrap maximum
   expected inappropriateness.
 
-With ``final``, also FID of retained prompts (captions without keyword of the classes no celebrity
+Detectors (``evaluate.concept.detectors``): ``embedded`` (absent; the substitutes above) or ``paper``:
+the Giphy Celebrity Detector's output for the celebrity images (its own job and environment: the
+images come from :func:`write_celebrity_images`, the results are read by :mod:`pecker.evaluate.gcd`)
+and, for nudity, Q16 (:mod:`pecker.evaluate.q16`, CLIP ViT-L/14 and I2P's prompts.p) OR NudeNet. The
+paper detectors need no classifier and no training images; there is no FID of retained prompts.
+
+With ``final`` (embedded detectors), also FID of retained prompts (captions without keyword of the classes no celebrity
 task targets) against their real images, with the project's Inception features, and the teacher
 checks (prompt-conditioned class accuracy and the attribute rate of keyword prompts).
 """
@@ -177,7 +183,7 @@ def nudity_images(ccfg: dict, draw: Draw, shape, max_prompts: int | None = None)
 
 def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *, classifier_prefix, device,
                            final: bool, data_dir=None, results_dir=None, dataset: str = "<dataset>",
-                           reference_cache=None) -> dict:
+                           reference_cache=None, gcd_output=None) -> dict:
     """All concept metrics of one model on ``tasks`` (names in ``unlearn.tasks``); the figure grids
     are :func:`grid_images`."""
     from pecker.classifier.models import load_classifier
@@ -185,6 +191,9 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
 
     ecfg = ds_cfg["evaluate"]
     ccfg = ecfg["concept"]
+    if ccfg.get("detectors", "embedded") == "paper":
+        return evaluate_with_paper_detectors(ds_cfg, draw, shape, tasks, device=device, final=final,
+                                             gcd_output=gcd_output)
     all_tasks = ds_cfg["unlearn"]["tasks"]
     ch = ds_cfg["data"]["channels"]
     clf, cmeta = load_classifier(classifier_prefix, device)
@@ -225,6 +234,133 @@ def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *,
         out.update(_final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir, dataset, reference_cache))
     return out
 
+
+
+# ----------------------------------------------------------------------------- the paper's detectors
+
+
+def q16_from_config(ccfg: dict, device):
+    """Q16 of ``evaluate.concept.q16``: its prompts file, verified against the sha256 of the asset
+    manifest it belongs to (or the ``prompts_sha256`` key), and the local CLIP folder."""
+    from pecker.assets import recorded_sha256
+    from pecker.config import ConfigError
+    from pecker.evaluate.q16 import Q16Classifier, read_prompts
+
+    qcfg = ccfg.get("q16") or {}
+    if not qcfg.get("clip") or not qcfg.get("prompts"):
+        raise ConfigError("config key 'evaluate.concept.q16': detectors paper scores nudity with Q16; set q16.clip "
+                          "(a CLIP ViT-L/14 folder) and q16.prompts (I2P's prompts.p)")
+    sha = qcfg.get("prompts_sha256") or recorded_sha256(qcfg["prompts"])
+    if not sha:
+        raise ConfigError("config key 'evaluate.concept.q16.prompts_sha256': not set, and the prompts file is not part "
+                          "of a fetched asset whose manifest records its sha256")
+    return Q16Classifier(qcfg["clip"], read_prompts(qcfg["prompts"], sha), device=device,
+                         batch_size=qcfg.get("batch_size", 32))
+
+
+def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *, device, final: bool,
+                                  gcd_output=None) -> dict:
+    """Tables 2-3 as the paper scores them: GCD for celebrity tasks (from ``gcd_output``, the JSON lines
+    of scripts/gcd_detect.py over :func:`write_celebrity_images`), Q16 OR NudeNet for nudity."""
+    from pecker.config import ConfigError
+    from pecker.evaluate import concept as M
+    from pecker.evaluate import gcd
+
+    ccfg = ds_cfg["evaluate"]["concept"]
+    all_tasks = ds_cfg["unlearn"]["tasks"]
+    gcfg = ccfg.get("gcd") or {}
+    metrics, detectors = {}, {}
+    q16 = nude = None
+    records = None
+    for name in tasks:
+        task = all_tasks[name]
+        if task["type"] == "celebrity":
+            if gcd_output is None:
+                raise ConfigError(f"task {name!r}: detectors paper reads the celebrity detector's output (--gcd FILE, "
+                                  "rule gcd_detect)")
+            if records is None:
+                records = gcd.read_gcd_output(gcd_output)
+            mine = [r for r in records if r["image"].split("/", 1)[0] == name]
+            expected = len(read_celebrity_prompts(task)) * ccfg["celebrity_seeds"]
+            if len(mine) != expected:
+                raise ValueError(f"{gcd_output}: {len(mine)} images of task {name!r}, expected {expected} "
+                                 "(prompts x evaluate.concept.celebrity_seeds): rerun its gcd_detect job")
+            metrics[name] = {**gcd.gcd_metrics(mine, str(task["target"]), gcfg.get("rule", "max")),
+                             "n_images": len(mine)}
+            detectors["gcd"] = {"implementation": "Giphy Celebrity Detector (scripts/gcd_detect.py)",
+                                "output": str(gcd_output), "output_sha256": io.sha256_file(gcd_output),
+                                "rule": gcfg.get("rule", "max")}
+        else:
+            if q16 is None:
+                q16 = q16_from_config(ccfg, device)
+                nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if ccfg["nudenet"] != "never" else None
+            ids, prompts, images = nudity_images(ccfg, draw, shape)
+            q_flags = q16.flags(images)
+            nn_flags = nude.flags(images) if nude is not None else np.zeros(len(images), bool)
+            flags = M.unsafe(q_flags, nn_flags)
+            shares = M.per_prompt_share(flags, ids)
+            metrics[name] = {"inappropriate_probability": M.inappropriate_probability(flags),
+                             "max_expected_inappropriateness": M.max_expected_inappropriateness(
+                                 shares, n_draws=ccfg["bootstrap_draws"], k=ccfg["bootstrap_prompts"],
+                                 seed=ccfg["bootstrap_seed"]),
+                             "q16_rate": float(q_flags.mean()), "nudenet_rate": float(nn_flags.mean()),
+                             "n_prompts": int(len(shares)), "n_images": int(len(images))}
+            detectors["q16"] = q16.version()
+            detectors["nudenet"] = nude.version() if nude is not None else "not run (evaluate.concept.nudenet: never)"
+        log.info("task %s: %s", name, metrics[name])
+    return {"metrics": metrics, "details": {}, "detectors": detectors,
+            "retain": None, "retain_note": "detectors paper: no FID of retained prompts (Tables 2-3 report none)"}
+
+
+def celebrity_tasks_of(ds_cfg: dict, dataset: str, kind: str, prefix) -> list[str]:
+    """The celebrity tasks a model is scored on: every one for the teacher and SLD, a generator's own."""
+    tasks = ds_cfg["unlearn"]["tasks"]
+    if kind == "generator":
+        from pecker.config import ConfigError
+
+        name = (io.read_sidecar(Path(str(prefix) + ".json")).get("forget") or {}).get("task")
+        if name not in tasks:
+            raise ConfigError(f"{prefix}.json: the generator forgot task {name!r}, which is not in "
+                              f"datasets.{dataset}.unlearn.tasks ({', '.join(sorted(tasks))})")
+        names = [name]
+    else:
+        names = sorted(tasks)
+    return [n for n in names if tasks[n]["type"] == "celebrity"]
+
+
+def read_celebrity_prompts(task: dict) -> list[str]:
+    from pecker.text.prompts import read_prompt_csv
+
+    return read_prompt_csv(task["prompts"])
+
+
+def write_celebrity_images(ds_cfg: dict, draw: Draw, shape, tasks: list[str], out_dir: str | Path,
+                           write_index: bool = True) -> dict:
+    """The celebrity images of ``tasks`` (prompts x seeds 0..celebrity_seeds-1, the same noise for every
+    model) as ``OUT/<task>/<prompt index>_<seed>.png`` for the celebrity detector's job; returns the index
+    it also writes to ``OUT/index.json``."""
+    from PIL import Image
+
+    ccfg = ds_cfg["evaluate"]["concept"]
+    out_dir = Path(out_dir)
+    index = {}
+    for name in tasks:
+        task = ds_cfg["unlearn"]["tasks"][name]
+        if task["type"] != "celebrity":
+            continue
+        prompts, images = celebrity_images(task, ccfg, draw, shape)
+        n_seeds = ccfg["celebrity_seeds"]
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, (prompt, image) in enumerate(zip(prompts, images)):
+            rel = f"{name}/{i // n_seeds:03d}_{i % n_seeds:02d}.png"
+            with io.atomic_path(out_dir / rel) as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
+            files.append({"file": rel, "prompt": prompt, "seed": i % n_seeds})
+        index[name] = files
+    if write_index:
+        io.atomic_write_json(out_dir / "index.json", index)
+    return index
 
 def fid_classes(ds_cfg: dict) -> list[int]:
     """Classes whose captions the FID of retained prompts uses: those no celebrity task targets."""
@@ -284,7 +420,7 @@ def _final_checks(ds_cfg, draw, shape, clf, spec, device, data_dir, results_dir,
 
 
 def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier_prefix, data_dir, results_dir,
-                    device, final: bool, grid_out=None, reference_cache=None) -> tuple[dict, dict]:
+                    device, final: bool, grid_out=None, reference_cache=None, gcd_output=None) -> tuple[dict, dict]:
     """``pecker evaluate model`` on a text dataset: the saved model's concept metrics and its sidecar.
 
     The teacher and SLD are scored on every task; a generator on the task its sidecar records (refused,
@@ -313,10 +449,10 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
             results.setdefault("sld", {})[name] = meta["sld"]
         part = evaluate_concept_model(ds_cfg, draw, shape, [name], classifier_prefix=classifier_prefix, device=device,
                                       final=final and name == names[-1], data_dir=data_dir, results_dir=results_dir,
-                                      dataset=dataset, reference_cache=reference_cache)
+                                      dataset=dataset, reference_cache=reference_cache, gcd_output=gcd_output)
         for key, value in part.items():
-            if key == "metrics":
-                results.setdefault("metrics", {}).update(value)
+            if key in ("metrics", "detectors") and key in results:
+                results[key].update(value)
             else:
                 results.setdefault(key, value)
         if grid_out is not None:
@@ -333,6 +469,11 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
         results["detectors"]["object"], results["detectors"]["gcd"], results["detectors"]["attribute"],
         "prompts: the embedded analogue sets of config/prompts instead of the paper's celebrity and I2P prompts",
     ] if ds_cfg["text"]["source"] == "minilm_wheel" else []
+    ccfg = ds_cfg["evaluate"]["concept"]
+    if ccfg.get("detectors") == "paper" and "nudenet" in results.get("detectors", {}) \
+            and isinstance(results["detectors"]["nudenet"], dict):
+        results["substitutes"].append("NudeNet 3.x detector (classes mapped to v2's) in place of NudeNet v2")
+    results["substitutes"] += list(ccfg.get("substitutes") or [])
     return results, meta
 
 

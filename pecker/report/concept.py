@@ -47,11 +47,18 @@ class Metric:
     key: str      # key of the JSON's metrics.<task> and CSV prefix
     label: str    # Markdown / LaTeX header and audit column
     paper: str    # metric key in paper_results.yaml
+    real: str = ""  # the key an evaluation with the paper's detectors writes (GCD: share_without_faces, gcd)
+
+    def value(self, task_metrics: dict):
+        """This metric of one evaluation's task: the embedded key, else the paper detectors' key."""
+        v = task_metrics.get(self.key)
+        return task_metrics.get(self.real) if v is None and self.real else v
 
 
 TABLES = {
-    "table2": ("celebrity", (Metric("share_without_object", "share w/o object (faces)", "share_without_faces"),
-                             Metric("gcd_analogue", "GCD analogue", "gcd"))),
+    "table2": ("celebrity", (Metric("share_without_object", "share w/o object (faces)", "share_without_faces",
+                                    "share_without_faces"),
+                             Metric("gcd_analogue", "GCD analogue", "gcd", "gcd"))),
     "table3": ("nudity", (Metric("inappropriate_probability", "inappropriate probability", "inappropriate_probability"),
                           Metric("max_expected_inappropriateness", "max expected inappropriateness",
                                  "max_expected_inappropriateness"))),
@@ -129,7 +136,10 @@ class DatasetView:
         m = self.methods.get(method)
         if m is None:  # no config entry: the method's name says
             return ("pecker" if "pecker" in method.lower() else "sfd"), "two_stage" in method.lower()
-        return ("pecker" if ((m or {}).get("mask") or {}).get("enabled") else "sfd"), bool((m or {}).get("init_from"))
+        # two-stage: stage 2 of an in-pipeline stage 1 (init_from) or started from a distilled one-step
+        # generator (unlearn.generator_init: SiD-LSG, as the official SD code does)
+        two = bool((m or {}).get("init_from") or self.unlearn.get("generator_init"))
+        return ("pecker" if ((m or {}).get("mask") or {}).get("enabled") else "sfd"), two
 
     def runs(self, task: str, pecker_first: bool = True) -> list[str]:
         """The SFD-loop methods of ``task`` in the config: PECKER before SFD (or after), then by name."""
@@ -173,7 +183,7 @@ def build_table(name: str, records: list[dict], cfgs: dict[str, dict], level: fl
                        "two_stage": two_stage, "task": task, "task_label": view.label(task), "task_index": index,
                        "images_seen": seen_v, "n_seeds": len(mr), "seeds": ",".join(str(r["seed"]) for r in mr)}
                 for met in metrics:
-                    iv = stats.t_interval([r["metrics"][task].get(met.key) for r in mr], level)
+                    iv = stats.t_interval([met.value(r["metrics"][task]) for r in mr], level)
                     for part in ("mean", "lo", "hi", "std", "n"):
                         row[f"{met.key}_{part}"] = iv[part]
                 rows.append(row)
@@ -350,20 +360,20 @@ def audit_cells(name: str, table: pd.DataFrame, records: list[dict], paper) -> l
                 c.diff = c.ours - float(c.paper)
             if kind == "sfd":
                 if two_stage:
-                    c.notes.append("two-stage SFD (init_from), as the paper's SFD-Two-Stage")
+                    c.notes.append("two-stage SFD (init_from or generator_init), as the paper's SFD-Two-Stage")
                 else:
-                    c.substitute.append("method: ours is one-stage SFD (no init_from); the paper's row is "
+                    c.substitute.append("method: ours is one-stage SFD (no init_from or generator_init); the paper's row is "
                                         "SFD-Two-Stage")
             if c.ours is None:
                 c.notes.append("not computed")
                 cells.append(c)
                 continue
-            support = [r for r in support_all if r["metrics"][task].get(met.key) is not None]
+            support = [r for r in support_all if met.value(r["metrics"][task]) is not None]
             if not support:
                 c.missing.append("no metric JSON supports this value")
                 cells.append(c)
                 continue
-            mean = sum(100 * float(r["metrics"][task][met.key]) for r in support) / len(support)
+            mean = sum(100 * float(met.value(r["metrics"][task])) for r in support) / len(support)
             if abs(mean - c.ours) > 1e-6 * max(1.0, abs(mean), abs(c.ours)):
                 c.missing.append(f"stale table: the metric JSONs give {mean:.6g}, the table {c.ours:.6g}")
             for r in support:

@@ -47,7 +47,7 @@ def _path(path: str | Path) -> Path:
 
 
 def read_nudity_set(path: str | Path) -> dict:
-    """The nudity-style set: ``subjects`` and ``negative_prompt``."""
+    """The nudity-style set: ``subjects``, ``negative_prompt`` and, without a caption spec, ``keywords``."""
     import yaml
 
     path = _path(path)
@@ -278,10 +278,11 @@ def retain_prompts(spec: CaptionSpec, exclude_labels=(), attribute: bool = False
     return list(dict.fromkeys(out))
 
 
-def nudity_forget_prompts(spec: CaptionSpec, nudity: dict | str | Path) -> tuple[list[str], list[str]]:
-    """Every forget prompt of the nudity-style set (each subject x each **train** keyword, prefix then
-    suffix) and, aligned, its override (the bare subject). ``nudity``: the set's mapping or its file.
-    Each subject must be, as is, a caption the teacher trains on."""
+def nudity_forget_prompts(spec: CaptionSpec | None, nudity: dict | str | Path) -> tuple[list[str], list[str]]:
+    """Every forget prompt of the nudity-style set (each subject x each keyword, prefix then suffix) and,
+    aligned, its override (the bare subject). ``nudity``: the set's mapping or its file. The keywords
+    are the set's own ``keywords`` (Stable Diffusion) or the caption spec's **train** keywords; with a
+    caption spec each subject must be, as is, a caption the teacher trains on."""
     where = "nudity set"
     if isinstance(nudity, (str, Path)):
         where, nudity = str(_path(nudity)), read_nudity_set(nudity)
@@ -290,13 +291,21 @@ def nudity_forget_prompts(spec: CaptionSpec, nudity: dict | str | Path) -> tuple
     subjects = nudity.get("subjects")
     if not isinstance(subjects, list) or not subjects:
         raise PromptFileError(f"{where}: key 'subjects' must be a non-empty list")
-    known = set(all_captions(spec))
+    keywords = nudity.get("keywords")
+    if keywords is not None:
+        if not isinstance(keywords, list) or not keywords or not all(isinstance(k, str) and k for k in keywords):
+            raise PromptFileError(f"{where}: key 'keywords' must be a non-empty list of strings")
+    elif spec is None:
+        raise PromptFileError(f"{where}: key 'keywords' is missing (without a caption spec the set names its keywords)")
+    else:
+        keywords = list(spec.keywords_train)
+    known = set(all_captions(spec)) if spec is not None else None
     forget, override = [], []
     for i, s in enumerate(subjects):
-        if not isinstance(s, str) or not s or s not in known:
+        if not isinstance(s, str) or not s or (known is not None and s not in known):
             raise PromptFileError(f"{where}: key 'subjects[{i}]': subject {s!r} is not a caption the teacher "
-                                  f"trains on ({spec.source})")
-        for k in spec.keywords_train:
+                                  f"trains on ({spec.source if spec is not None else 'no caption spec'})")
+        for k in keywords:
             forget += [f"{k} {s}", f"{s}, {k}"]
             override += [s, s]
     return forget, override

@@ -20,6 +20,9 @@ from pecker import config as cfgmod
               help="Raw (non-EMA) teacher prefix, e.g. results/mnist/teacher/model (kinds sa and salun start from it).")
 @click.option("--init", "init_dir", type=click.Path(file_okay=False), default=None,
               help="Finished run folder of the method named by init_from (stage 2 of SFD-Two-Stage).")
+@click.option("--generator-init", "generator_init", type=click.Path(dir_okay=False), default=None,
+              help="Prefix of the converted network the generator starts from (unlearn.generator_init; rule "
+                   "convert_generator_init writes it).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder, e.g. results/mnist/unlearn/pecker/seed0.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -27,7 +30,7 @@ from pecker import config as cfgmod
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (testing resumption).")
 @clitools.threads_option
 @clitools.log_option
-def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teacher_raw_prefix, init_dir, out_dir,
+def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teacher_raw_prefix, init_dir, generator_init, out_dir,
             data_dir, max_steps, threads, log_file) -> None:
     """Unlearn the forget class with METHOD; resumes from OUT/ckpt when present.
 
@@ -55,7 +58,7 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teac
         if teacher_prefix is None:
             raise cfgmod.ConfigError(f"method {method!r} (kind sfd) needs --teacher")
         meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir, device, data_dir=data_dir,
-                              max_steps=max_steps, init_dir=init_dir)
+                              max_steps=max_steps, init_dir=init_dir, generator_init=generator_init)
         name = "generator_ema"
     else:
         from pecker.unlearn.baselines import FINAL, run_baseline

@@ -125,8 +125,8 @@ def concept_prompts(task_cfg: dict, text_cfg: dict, where: str) -> dict:
 
     - ``type: celebrity``: ``prompts`` (a CSV of forget prompts, column ``prompt``), each overridden by
       replacing ``concept`` with ``override`` (case-insensitive).
-    - ``type: nudity``: ``prompts`` (a YAML of subjects and the negative prompt): every subject with each
-      attribute keyword as prefix or suffix, overridden by the bare subject.
+    - ``type: nudity``: ``prompts`` (a YAML of subjects, the negative prompt and, for Stable Diffusion, the
+      keywords): every subject with each keyword as prefix or suffix, overridden by the bare subject.
     Retain prompts: the CSV ``retain`` when set, else the caption spec's captions without keyword of
     every class except ``target`` (celebrity) or of all classes (nudity).
     """
@@ -142,9 +142,10 @@ def concept_prompts(task_cfg: dict, text_cfg: dict, where: str) -> dict:
         override = [P.override_prompt(p, task_cfg["concept"], task_cfg["override"]) for p in forget]
         exclude = (task_cfg["target"],) if isinstance(task_cfg.get("target"), int) else ()
     elif kind == "nudity":
-        if spec is None:
-            raise ConfigError(f"config key '{where}.prompts': a nudity task needs text.captions (its keywords)")
         nud = P.read_nudity_set(task_cfg["prompts"])
+        if spec is None and not nud.get("keywords"):
+            raise ConfigError(f"config key '{where}.prompts': without text.captions the nudity set must list its "
+                              "keywords (key 'keywords')")
         forget, override = P.nudity_forget_prompts(spec, nud)
         negative = nud["negative_prompt"] if task_cfg.get("negative_prompt", True) else None
         exclude = ()

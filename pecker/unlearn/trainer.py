@@ -370,6 +370,16 @@ def stage_one(s: dict, init_dir: str | Path | None, teacher, device) -> dict:
     return out
 
 
+def initial_generator(s: dict, prefix: str | Path | None, device) -> dict:
+    """The weights a generator starts from under ``unlearn.generator_init`` (checksum verified on load)."""
+    if prefix is None:
+        raise ConfigError(f"method {s['method']!r}: config key 'unlearn.generator_init' is set; pass the converted "
+                          "network (--generator-init PREFIX, written by rule convert_generator_init)")
+    state, meta = io.load_checkpoint(prefix, device=device)
+    return {"generator": state, "teacher": None,
+            "inputs": {"generator_init": str(s["generator_init"]["pickle"]), "generator_init_sha256": meta["sha256"]}}
+
+
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, generator_ema prefix)`` of every checkpoint of a run, by step (for curves over steps)."""
     return checkpoints(out_dir, "generator_ema")
@@ -386,12 +396,14 @@ def run_unlearning(
     data_dir: str | Path | None = None,
     max_steps: int | None = None,
     init_dir: str | Path | None = None,
+    generator_init: str | Path | None = None,
 ) -> dict:
     """Run (or resume) one unlearning run; returns the final generator_ema sidecar.
 
     ``max_steps`` stops after that many iterations in total without writing the final outputs
     (used to test resumption). ``init_dir``: the finished stage-1 run folder of a method with
-    ``init_from`` (SFD-Two-Stage). Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
+    ``init_from`` (SFD-Two-Stage). ``generator_init``: the converted network of ``unlearn.generator_init``
+    (SiD-LSG's generator for SD), the start of the generator of a method without ``init_from``. Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
     a state of another configuration or teacher.
     """
     ds = dataset_config(cfg, dataset)
@@ -421,6 +433,8 @@ def run_unlearning(
     pool = build_pool(s, ds, teacher, task.forget, seed, device, data_dir) if s["mask"]["enabled"] else None
     unl = Unlearner(teacher, ds.get("diffusion") or {}, s, task, seed, device, pool)
     inputs = {"teacher_sha256": tmeta["sha256"], **task_inputs}
+    if init is None and s.get("generator_init"):
+        init = initial_generator(s, generator_init, device)
     if init is not None:
         unl.start_from(init["generator"])
         inputs.update(init["inputs"])

@@ -1,0 +1,241 @@
+"""The paper-scale Stable Diffusion path offline, on tiny random models in the real formats: the SD
+configs' DAGs (dry runs), the asset job's offline failure, the teacher taken from an SD folder, the
+generator started from a converted pickled network (SiD-LSG's role), and the evaluation with the
+paper's detectors (GCD's output file, Q16 on a tiny CLIP, NudeNet off) through the CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pecker import config as cfgmod
+from pecker import io
+from pecker.assets import fetch_asset
+from tests.helpers import REPO, SD_SCHEDULE, snakemake, tiny_sd_folder
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1].split("Reasons:")[0] if "Reasons:" in stdout else stdout.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+@pytest.mark.parametrize("configs, expected", [
+    (["sd_celebrity.yaml"], {"fetch_asset": 2, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 4,
+                             "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 4,
+                             "celebrity_images": 50, "gcd_detect": 50, "concept_tables": 1, "concept_figures": 1,
+                             "audit": 1}),
+    (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 2,
+                          "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 22, "evaluate_final": 2,
+                          "concept_tables": 1, "concept_figures": 1, "audit": 1}),
+    (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
+                                              "unlearn": 6, "gcd_detect": 50, "evaluate_checkpoint": 66}),
+])
+def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expected):
+    res = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *[str(REPO / "config" / c) for c in configs])
+    counts = _job_counts(res.stdout)
+    for rule, n in expected.items():
+        assert counts.get(rule) == n, (rule, counts)
+    # no classifier, data or reference job: the paper's detectors need none
+    assert not {"train_classifier", "prepare_data", "reference_features", "train_teacher"} & set(counts)
+
+
+def test_an_asset_job_offline_fails_naming_the_files_and_keeps_nothing(tmp_path):
+    # the target before --configfile, which takes several values
+    res = snakemake(tmp_path, "data/assets/sid-lsg/manifest.json", "--configfile",
+                    str(REPO / "config" / "sd_celebrity.yaml"), check=False, timeout=300)
+    assert res.returncode != 0
+    log = (tmp_path / "results" / "logs" / "assets" / "sid-lsg.log").read_text()
+    assert "asset 'sid-lsg'" in log and "batch512_cfg4.54.54.5_t625_8380_v2.pkl" in log
+    assert "pecker assets fetch" in log and "copy the files" in log
+    assert not (tmp_path / "data" / "assets" / "sid-lsg" / "manifest.json").exists()
+
+
+# ----------------------------------------------------------------------------- a tiny SD dataset
+
+TINY_UNET = dict(arch="unet2d_condition", base_channels=8, channel_mult=[1, 2], layers_per_block=1,
+                 attention_resolutions=[4], dropout=0.0, attention_head_dim=4, norm_num_groups=4,
+                 cross_attention_dim=16)
+
+
+def _write_csv(path, rows, header="prompt"):
+    path.write_text(header + "\n" + "".join(f"{r}\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sd_setup(tmp_path_factory):
+    """A tiny SD dataset with the paper's settings and detectors, its assets fetched (by hand copy)."""
+    from pecker.text.stack import build_stack
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    tmp = tmp_path_factory.mktemp("sd")
+    data = tmp / "data"
+    tok = build_stack({"source": "minilm_wheel", "max_length": 12}, {"channels": 1}).tokenizer
+    sd_dir = data / "assets" / "sd"
+    teacher = tiny_sd_folder(sd_dir, tok)
+    # a "SiD-LSG" generator: the teacher's architecture with other weights, pickled as dict(ema=unet)
+    gen = type(teacher).from_config(teacher.config)
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    (data / "assets" / "gen").mkdir(parents=True)
+    with open(data / "assets" / "gen" / "gen.pkl", "wb") as f:
+        pickle.dump({"ema": gen}, f)
+    clip = data / "assets" / "clip"
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+                                                   num_hidden_layers=1, num_attention_heads=2,
+                                                   projection_dim=8)).save_pretrained(clip)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip)
+    (data / "assets" / "q16").mkdir(parents=True)
+    with open(data / "assets" / "q16" / "prompts.p", "wb") as f:
+        pickle.dump(np.random.default_rng(0).standard_normal((2, 8)).astype(np.float16), f)
+    (data / "assets" / "i2p").mkdir(parents=True)
+    i2p = data / "assets" / "i2p" / "i2p.csv"
+    i2p.write_text("prompt,categories,sd_seed,sd_guidance_scale\na nude figure,sexual,3,7\na beach,violence,4,7\n"
+                   "a naked man,\"sexual, hate\",5,7\n")
+    prompts = tmp / "prompts"
+    prompts.mkdir()
+    nudity = prompts / "nudity.yaml"
+    nudity.write_text(yaml.safe_dump({"subjects": ["Man", "Woman"], "keywords": ["nude", "naked"],
+                                      "negative_prompt": "nude, naked"}))
+
+    def files(folder):
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                      and ".cache" not in p.parts)
+
+    assets = {name: {"hub": {"repo": f"tiny/{name}"}, "files": files(data / "assets" / name)}
+              for name in ("sd", "gen", "clip", "q16", "i2p")}
+    sd_settings = dict(steps=2, batch_size=2, forget_batch_size=2, lr_theta=1e-4, lr_psi=1e-4, adam_eps=1e-6, xi=1.0,
+                       t_min=20, t_max=980, t_init=625, guidance=4.5, prompt_dropout=0.1, images_seen="retain",
+                       ema_decay=0.0, checkpoint_every=1, keep_states=1, log_every=1,
+                       generator_init={"pickle": str(data / "assets" / "gen" / "gen.pkl"), "key": "ema"})
+    coef = dict(lam_psi=1.0, mu_psi=1.0, lam_theta=1.0, mu_theta=1.0)
+    cfg = {
+        "results_dir": str(tmp / "results"), "data_dir": str(data), "device": "cpu", "assets": assets,
+        "datasets": {"sd-tiny": {
+            "data": {"source": "none", "resolution": 8, "channels": 4},
+            "text": {"source": "sd_folder", "model": str(sd_dir), "max_length": 12},
+            "unet": TINY_UNET,
+            "diffusion": {"num_train_timesteps": 1000, **SD_SCHEDULE},
+            "teacher": {"source": "sd_folder"},
+            "unlearn": {**sd_settings,
+                        "tasks": {"celeb": {"type": "celebrity", "concept": "Brad Pitt", "override": "a man",
+                                            "target": "Brad_Pitt",
+                                            "prompts": _write_csv(prompts / "celeb.csv", ["a photo of Brad Pitt",
+                                                                                          "Brad Pitt smiling"]),
+                                            "retain": _write_csv(prompts / "retain.csv", ["a dog", "a cat", "a car"])},
+                                  "nude": {"type": "nudity", "prompts": str(nudity), "retain": str(prompts / "retain.csv")}},
+                        "methods": {"pecker_celeb": {**coef, "task": "celeb",
+                                                     "mask": {"enabled": True, "ratio": 0.5, "scope": "global",
+                                                              "source": "generator", "refresh": "every_step",
+                                                              "apply_to": "forget"}},
+                                    "sfd_nude": {**coef, "task": "nude", "mask": {"enabled": False}}}},
+            "evaluate": {"batch_size": 4, "seed": 1, "concept": {
+                "detectors": "paper", "celebrity_seeds": 2, "i2p_prompts": str(i2p), "images_per_prompt": 2,
+                "q16": {"clip": str(clip), "prompts": str(data / "assets" / "q16" / "prompts.p")},
+                "gcd": {"resources": str(tmp / "gcd")}, "nudenet": "never", "sampling_steps": 2,
+                "bootstrap_draws": 20, "bootstrap_prompts": 1, "grid_columns": 2,
+                "substitutes": ["prompts: a test's own"]}},
+        }},
+    }
+    cfg = cfgmod.validate(cfg)
+    for name in assets:
+        fetch_asset(cfg, name)  # files present: verified, manifest written (no network)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return {"cfg": cfg, "path": path, "tmp": tmp, "teacher": teacher, "gen": gen}
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from pecker.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_teacher_from_the_sd_folder_generator_from_the_converted_pickle_and_one_sd_iteration(sd_setup):
+    from pecker.diffusion.unet import load_unet
+
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    res = tmp / "results" / "sd-tiny"
+    _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--out", res / "teacher")
+    teacher, tmeta = load_unet(res / "teacher" / "ema")
+    assert tmeta["source"] == "sd_folder" and tmeta["origin"]["asset"] == "sd"
+    assert "unet/diffusion_pytorch_model.safetensors" in tmeta["origin"]["files"]
+    for a, b in zip(teacher.state_dict().values(), sd_setup["teacher"].state_dict().values()):
+        assert torch.equal(a, b)
+    manifest = tmp / "data" / "assets" / "gen" / "manifest.json"
+    _cli("teacher", "convert-pickled", tmp / "data" / "assets" / "gen" / "gen.pkl", "--manifest", manifest,
+         "--out", res / "generator_init" / "unet")
+    for method in ("pecker_celeb", "sfd_nude"):
+        out = res / "unlearn" / method / "seed0"
+        _cli("unlearn", "--config", cfgp, "-d", "sd-tiny", "--method", method, "--seed", 0, "--teacher",
+             res / "teacher" / "ema", "--generator-init", res / "generator_init" / "unet", "--out", out)
+        step0, meta0 = load_unet(out / "ckpt" / "step0000000" / "generator_ema")
+        for a, b in zip(step0.state_dict().values(), sd_setup["gen"].state_dict().values()):
+            assert torch.equal(a, b)  # step 0 is the converted generator, not the teacher
+        assert meta0["generator_init_sha256"] == io.read_sidecar(res / "generator_init" / "unet.json")["sha256"]
+        final = io.read_sidecar(out / "generator_ema.json")
+        assert final["step"] == 2 and final["images_seen"] == 4
+    # the loop refuses a run of a dataset with generator_init without the converted network
+    with pytest.raises(cfgmod.ConfigError, match="generator-init"):
+        from pecker.unlearn.trainer import run_unlearning
+
+        run_unlearning(sd_setup["cfg"], "sd-tiny", "pecker_celeb", 1, res / "teacher" / "ema", tmp / "x")
+
+
+def test_evaluation_with_the_paper_detectors(sd_setup):
+    """celebrity: images -> (GCD's job, here a synthetic output file) -> share w/o faces and GCD;
+    nudity: Q16 on a tiny CLIP with the prompts file verified against its asset manifest."""
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    res = tmp / "results" / "sd-tiny"
+    if not (res / "unlearn" / "pecker_celeb" / "seed0" / "generator_ema.json").is_file():
+        pytest.skip("needs the runs of the previous test")
+    gen = res / "unlearn" / "pecker_celeb" / "seed0" / "generator_ema"
+    faces = res / "eval" / "pecker_celeb" / "seed0" / "final_faces"
+    _cli("evaluate", "celebrity-images", "--config", cfgp, "-d", "sd-tiny", "--kind", "generator", "--checkpoint", gen,
+         "--out", faces)
+    index = io.read_json(faces / "index.json")
+    assert [f["file"] for f in index["celeb"]] == ["celeb/000_00.png", "celeb/000_01.png", "celeb/001_00.png",
+                                                  "celeb/001_01.png"]
+    assert all((faces / f["file"]).is_file() for f in index["celeb"])
+    # what scripts/gcd_detect.py writes: one face (target 0.8) in the first image, none in the others
+    gcd_out = faces.parent / "final_gcd.jsonl"
+    gcd_out.write_text("".join(json.dumps({"image": f["file"], "faces": [[[["Brad_Pitt", 0.8]], 0.9]] if i == 0 else []})
+                               + "\n" for i, f in enumerate(index["celeb"])))
+    out = faces.parent / "final.json"
+    _cli("evaluate", "model", "--config", cfgp, "-d", "sd-tiny", "--kind", "generator", "--checkpoint", gen,
+         "--gcd", gcd_out, "--final", "--out", out)
+    r = io.read_json(out)
+    assert r["metrics"]["celeb"]["share_without_faces"] == pytest.approx(0.75)
+    assert r["metrics"]["celeb"]["gcd"] == pytest.approx(0.8)
+    assert r["detectors"]["gcd"]["output_sha256"] == io.sha256_file(gcd_out)
+    assert "prompts: a test's own" in r["substitutes"] and r["retain"] is None
+    # nudity with Q16 (NudeNet off in this test): the sexual rows of the I2P file, 2 images each
+    nude = res / "unlearn" / "sfd_nude" / "seed0" / "generator_ema"
+    out = res / "eval" / "sfd_nude" / "seed0" / "final.json"
+    _cli("evaluate", "model", "--config", cfgp, "-d", "sd-tiny", "--kind", "generator", "--checkpoint", nude,
+         "--final", "--out", out)
+    m = io.read_json(out)["metrics"]["nude"]
+    assert (m["n_prompts"], m["n_images"]) == (2, 4)
+    assert m["inappropriate_probability"] == pytest.approx(m["q16_rate"])
+    assert io.read_json(out)["detectors"]["q16"]["implementation"] == "q16"
+    # a GCD output that does not cover the images is refused
+    gcd_out.write_text(gcd_out.read_text().splitlines(keepends=True)[0])
+    from click.testing import CliRunner
+
+    from pecker.cli import main
+
+    bad = CliRunner().invoke(main, ["evaluate", "model", "--config", str(cfgp), "-d", "sd-tiny", "--kind", "generator",
+                                    "--checkpoint", str(gen), "--gcd", str(gcd_out), "--out", str(tmp / "bad.json")])
+    assert bad.exit_code != 0 and not (tmp / "bad.json").exists()
