@@ -45,8 +45,12 @@ lock:
 
 # Small networks on 2 cores: two 1-thread jobs side by side do 1.39x the work of one 2-thread job
 # (benchmarks/unlearn_step.py, embedded SFD: 1.08 s/it with 2 threads alone, 1.55 s/it each for two
-# 1-thread runs in parallel). The teacher keeps its 2 threads (it runs nearly alone).
-DEMO_THREADS ?= unlearn=1 unlearn_baseline=1 evaluate_baseline=1 evaluate_checkpoint=1 evaluate_final=1 evaluate_teacher=1 evaluate_sld=1 reference_features=1 sample_teacher=1 train_classifier=1
+# 1-thread runs in parallel; the teacher recipe: 0.31 s/step with 2 threads alone, 0.45 s/step at 1
+# thread next to another job, 1.38x). So every job gets 1 thread, the teacher too: a 2-thread teacher
+# cannot start while any 1-thread job holds a core (Snakemake does not reserve cores for priority): in
+# a clean-clone demo (2026-12-03, commit d6a9a4d) it had not started 18 min in, behind Retrain and the
+# other 1-thread jobs, although it heads the critical path.
+DEMO_THREADS ?= train_teacher=1 unlearn=1 unlearn_baseline=1 evaluate_baseline=1 evaluate_checkpoint=1 evaluate_final=1 evaluate_teacher=1 evaluate_sld=1 reference_features=1 sample_teacher=1 train_classifier=1
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(DEMO_THREADS)

@@ -12,8 +12,8 @@ rule train_teacher:
         f"{RESULTS}/benchmarks/{{dataset}}/train_teacher.tsv"
     wildcard_constraints:
         dataset=_alternatives(TRAINED),
-    # the head of the critical path: scheduled before the 1-thread jobs that are ready at the same
-    # time (Retrain, on 2 cores, would otherwise start first and hold a core the teacher needs)
+    # the head of the critical path: picked first among the jobs ready at the same time. Priority
+    # reserves no cores, so with 2 threads it still waits for both (the demo runs it on 1: Makefile)
     priority: 10
     conda:
         "../environment.yml"
