@@ -265,6 +265,10 @@ def _check_text(name: str, ds: dict) -> None:
             raise ConfigError(f"config key '{where}.unet.arch': unet2d_condition needs a text section ({where}.text)")
         if unl.get("tasks") or any((m or {}).get("task") for m in (unl.get("methods") or {}).values()):
             raise ConfigError(f"config key '{where}.unlearn.tasks': concept tasks need a text section ({where}.text)")
+        for method, m in (unl.get("methods") or {}).items():
+            if (m or {}).get("kind") == "esd":
+                raise ConfigError(f"config key '{where}.unlearn.methods.{method}.kind': esd erases a concept of a "
+                                  f"text-to-image model; this dataset has no text section ({where}.text)")
         return
     if not text_arch:
         raise ConfigError(f"config key '{where}.unet.arch': a text dataset needs unet2d_condition (got {unet.get('arch')!r})")
@@ -281,9 +285,9 @@ def _check_text(name: str, ds: dict) -> None:
         files.append((f"unlearn.tasks.{tname}.retain", t.get("retain")))
     for method, m in (unl.get("methods") or {}).items():
         m = m or {}
-        if m.get("kind", "sfd") != "sfd":
+        if m.get("kind", "sfd") not in ("sfd", "esd"):
             raise ConfigError(f"config key '{where}.unlearn.methods.{method}.kind': {m['kind']!r} is a class-forgetting "
-                              "baseline; a text dataset runs the SFD loop (kind sfd) only")
+                              "baseline; a text dataset runs the SFD loop (kind sfd) and ESD (kind esd)")
         if method in ("teacher", "sld"):
             raise ConfigError(f"config key '{where}.unlearn.methods.{method}': the name is taken by a row of Tables "
                               "2-3 (the teacher, SLD-Medium); rename the method")

@@ -212,9 +212,10 @@ def celebrity_model(w):
     """The model file whose celebrity images rule celebrity_images draws."""
     if w.method in ("teacher", "sld"):
         return {"model": f"{RESULTS}/{w.dataset}/teacher/ema.json"}
-    return {
-        "model": f"{RESULTS}/{w.dataset}/unlearn/{w.method}/seed{w.seed}/generator_ema.json"
-    }
+    run = f"{RESULTS}/{w.dataset}/unlearn/{w.method}/seed{w.seed}"
+    if w.method in BASELINE_METHODS:  # ESD: a multi-step UNet
+        return {"model": f"{run}/unet.json"}
+    return {"model": f"{run}/generator_ema.json"}
 
 
 def celebrity_prefix(w, input):
@@ -222,6 +223,8 @@ def celebrity_prefix(w, input):
     path = Path(input.model)
     if w.method in ("teacher", "sld"):
         return f"--kind {w.method} --checkpoint {path.with_suffix('')}"
+    if w.method in BASELINE_METHODS:
+        return f"--kind diffusion --checkpoint {path.with_suffix('')}"
     if w.point == "final":
         return f"--kind generator --checkpoint {path.with_suffix('')}"
     return f"--kind generator --checkpoint {path.parent / 'ckpt' / w.point / 'generator_ema'}"
@@ -257,12 +260,14 @@ def baseline_inputs(w):
     kind = method_settings(w)["kind"]
     teacher = f"{RESULTS}/{w.dataset}/teacher"
     out = {}
-    if kind == "sa":
+    if kind in ("sa", "esd"):
         out["teacher"] = f"{teacher}/ema.json"
     if kind in ("sa", "salun"):
         out["teacher_raw"] = f"{teacher}/model.json"
     if kind in ("retrain", "salun"):
         out["data"] = f"{DATA}/{w.dataset}/train.npz"
+    if ASSET_REFS[w.dataset]:
+        out["assets"] = dataset_assets(w)
     return out
 
 

@@ -28,13 +28,15 @@ def _job_counts(stdout: str) -> dict[str, int]:
 @pytest.mark.parametrize("configs, expected", [
     (["sd_celebrity.yaml"], {"fetch_asset": 2, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 4,
                              "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 4,
-                             "celebrity_images": 50, "gcd_detect": 50, "concept_tables": 1, "concept_figures": 1,
-                             "audit": 1}),
+                             "celebrity_images": 52, "gcd_detect": 52, "unlearn_baseline": 2, "evaluate_baseline": 2,
+                             "concept_tables": 1, "concept_figures": 1, "audit": 1}),
     (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 2,
                           "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 22, "evaluate_final": 2,
-                          "concept_tables": 1, "concept_figures": 1, "audit": 1}),
+                          "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
+                          "audit": 1}),
     (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
-                                              "unlearn": 6, "gcd_detect": 50, "evaluate_checkpoint": 66}),
+                                              "unlearn": 6, "gcd_detect": 52, "evaluate_checkpoint": 66,
+                                              "unlearn_baseline": 3}),
 ])
 def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expected):
     res = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *[str(REPO / "config" / c) for c in configs])
@@ -136,7 +138,9 @@ def sd_setup(tmp_path_factory):
                                                      "mask": {"enabled": True, "ratio": 0.5, "scope": "global",
                                                               "source": "generator", "refresh": "every_step",
                                                               "apply_to": "forget"}},
-                                    "sfd_nude": {**coef, "task": "nude", "mask": {"enabled": False}}}},
+                                    "sfd_nude": {**coef, "task": "nude", "mask": {"enabled": False}},
+                                    "esd_x_celeb": {"kind": "esd", "task": "celeb", "train": "xattn", "steps": 2,
+                                                    "ddim_steps": 3, "checkpoint_every": 1}}},
             "evaluate": {"batch_size": 4, "seed": 1, "concept": {
                 "detectors": "paper", "celebrity_seeds": 2, "i2p_prompts": str(i2p), "images_per_prompt": 2,
                 "q16": {"clip": str(clip), "prompts": str(data / "assets" / "q16" / "prompts.p")},
@@ -239,3 +243,41 @@ def test_evaluation_with_the_paper_detectors(sd_setup):
     bad = CliRunner().invoke(main, ["evaluate", "model", "--config", str(cfgp), "-d", "sd-tiny", "--kind", "generator",
                                     "--checkpoint", str(gen), "--gcd", str(gcd_out), "--out", str(tmp / "bad.json")])
     assert bad.exit_code != 0 and not (tmp / "bad.json").exists()
+
+
+@pytest.mark.parametrize("train", ["xattn", "noxattn"])
+def test_esd_parameter_selection(sd_setup, train):
+    from pecker.unlearn.baselines.esd import trained_parameter
+
+    names = [n for n, _ in sd_setup["teacher"].named_parameters()]
+    chosen = [n for n in names if trained_parameter(n, train)]
+    assert chosen and len(chosen) < len(names)
+    if train == "xattn":
+        assert all("attn2" in n for n in chosen)
+    else:
+        assert not any("attn2" in n or n.startswith(("time_embedding.", "conv_out.")) for n in chosen)
+        assert any("attn1" in n for n in chosen) and any("resnets" in n for n in chosen)
+
+
+def test_one_esd_x_run_moves_only_cross_attention_and_is_scored_like_the_teacher(sd_setup):
+    """Two ESD-x iterations through the CLI (the baseline loop: resumable states, final unet), then its
+    celebrity images through the pipeline (kind diffusion) on its own task."""
+    from pecker.diffusion.unet import load_unet
+
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    res = tmp / "results" / "sd-tiny"
+    teacher = res / "teacher" / "ema"
+    if not teacher.with_suffix(".json").is_file():
+        _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--out", res / "teacher")
+    out = res / "unlearn" / "esd_x_celeb" / "seed0"
+    _cli("unlearn", "--config", cfgp, "-d", "sd-tiny", "--method", "esd_x_celeb", "--seed", 0, "--teacher", teacher,
+         "--out", out)
+    esd, meta = load_unet(out / "unet")
+    assert meta["forget"]["task"] == "celeb" and meta["esd"]["concept"] == "Brad Pitt" and meta["steps"] == 2
+    t0 = dict(sd_setup["teacher"].named_parameters())
+    moved = {n for n, p in esd.named_parameters() if not torch.equal(p, t0[n])}
+    assert moved and all("attn2" in n for n in moved)
+    faces = res / "eval" / "esd_x_celeb" / "seed0" / "final_faces"
+    _cli("evaluate", "celebrity-images", "--config", cfgp, "-d", "sd-tiny", "--kind", "diffusion", "--checkpoint",
+         out / "unet", "--out", faces)
+    assert sorted(io.read_json(faces / "index.json")) == ["celeb"]

@@ -177,7 +177,8 @@ def model(config_files, overrides, dataset, kind, prefix, classifier_prefix, gcd
 
 @evaluate.command("celebrity-images")
 @clitools.config_options
-@click.option("--kind", type=click.Choice(["generator", "teacher", "sld"]), required=True)
+@click.option("--kind", type=click.Choice(["generator", "teacher", "sld", "diffusion"]), required=True,
+              help="as in `pecker evaluate model` (diffusion: a multi-step UNet that unlearned, e.g. ESD)")
 @click.option("--checkpoint", "prefix", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint prefix (PREFIX.safetensors + PREFIX.json).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -198,7 +199,8 @@ def celebrity_images(config_files, overrides, dataset, kind, prefix, out_dir, th
     index = {}
     for name in celebrity_tasks_of(ds, dataset, kind, prefix):
         task = ds["unlearn"]["tasks"][name]
-        draw, _, shape = model_drawer(kind, prefix, ds, device, safety_concept=task.get("concept") if kind == "sld" else None)
+        draw, _, shape = model_drawer("teacher" if kind == "diffusion" else kind, prefix, ds, device,
+                                      safety_concept=task.get("concept") if kind == "sld" else None)
         index.update(write_celebrity_images(ds, draw, shape, [name], out_dir, write_index=False))
         log.info("task %s: %d images", name, len(index[name]))
     io.atomic_write_json(f"{out_dir}/index.json", index)  # last: its presence means the folder is complete

@@ -312,20 +312,26 @@ def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[s
             "retain": None, "retain_note": "detectors paper: no FID of retained prompts (Tables 2-3 report none)"}
 
 
-def celebrity_tasks_of(ds_cfg: dict, dataset: str, kind: str, prefix) -> list[str]:
-    """The celebrity tasks a model is scored on: every one for the teacher and SLD, a generator's own."""
-    tasks = ds_cfg["unlearn"]["tasks"]
-    if kind == "generator":
-        from pecker.config import ConfigError
+def model_tasks(ds_cfg: dict, dataset: str, kind: str, prefix) -> list[str]:
+    """The tasks a model is scored on: every one for the teacher and SLD; for a model that unlearned (a
+    generator, or an ESD UNet: kind diffusion), the task its sidecar records (refused, naming the file,
+    when that task is not configured)."""
+    from pecker.config import ConfigError
 
-        name = (io.read_sidecar(Path(str(prefix) + ".json")).get("forget") or {}).get("task")
-        if name not in tasks:
-            raise ConfigError(f"{prefix}.json: the generator forgot task {name!r}, which is not in "
-                              f"datasets.{dataset}.unlearn.tasks ({', '.join(sorted(tasks))})")
-        names = [name]
-    else:
-        names = sorted(tasks)
-    return [n for n in names if tasks[n]["type"] == "celebrity"]
+    tasks = ds_cfg["unlearn"]["tasks"]
+    if kind not in ("generator", "diffusion"):
+        return sorted(tasks)
+    name = (io.read_sidecar(Path(str(prefix) + ".json")).get("forget") or {}).get("task")
+    if name not in tasks:
+        raise ConfigError(f"{prefix}.json: the model forgot task {name!r}, which is not in "
+                          f"datasets.{dataset}.unlearn.tasks ({', '.join(sorted(tasks))})")
+    return [name]
+
+
+def celebrity_tasks_of(ds_cfg: dict, dataset: str, kind: str, prefix) -> list[str]:
+    """The celebrity tasks of :func:`model_tasks`."""
+    tasks = ds_cfg["unlearn"]["tasks"]
+    return [n for n in model_tasks(ds_cfg, dataset, kind, prefix) if tasks[n]["type"] == "celebrity"]
 
 
 def read_celebrity_prompts(task: dict) -> list[str]:
@@ -427,17 +433,8 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
     naming the file, when that task is not configured)."""
     from pecker.config import ConfigError
 
-    tasks = ds_cfg["unlearn"]["tasks"]
     model_kind = "teacher" if kind in ("teacher", "diffusion") else kind
-    if kind == "generator":
-        sidecar = io.read_sidecar(Path(str(prefix) + ".json"))
-        name = (sidecar.get("forget") or {}).get("task")
-        if name not in tasks:
-            raise ConfigError(f"{prefix}.json: the generator forgot task {name!r}, which is not in "
-                              f"datasets.{dataset}.unlearn.tasks ({', '.join(sorted(tasks))})")
-        names = [name]
-    else:
-        names = sorted(tasks)
+    names = model_tasks(ds_cfg, dataset, kind, prefix)
     results, meta = {}, None
     for name in names:
         concept = None

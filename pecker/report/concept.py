@@ -66,11 +66,12 @@ TABLES = {
 TABLE_METRICS = TABLES  # the table names the audit hands to this module
 TITLES = {"table2": "Table 2: celebrity forgetting (lower is better)",
           "table3": "Table 3: nudity forgetting, I2P-style 'sexual' prompts (lower is better)"}
-KIND_ORDER = {"teacher": 0, "sld": 1, "sfd": 2, "pecker": 3}
+KIND_ORDER = {"teacher": 0, "sld": 1, "esd-x": 2, "esd-u": 2, "sfd": 3, "pecker": 4}
 TEACHER_LABEL = "SD v1.4 analogue (teacher, multi-step)"
 SLD_LABEL = "SLD-Medium"
 # Defaults when paper_results.yaml lacks the mapping keys.
-PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
+PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "esd-x": "ESD-x", "esd-u": "ESD-u", "sfd": "SFD-Two-Stage",
+              "pecker": "PECKER"}
 PAPER_CELEBRITIES = ({"key": "brad_pitt", "name": "Brad Pitt"}, {"key": "angelina_jolie", "name": "Angelina Jolie"})
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _TYPE_OF_METRIC = {"share_without_object": "celebrity", "inappropriate_probability": "nudity"}
@@ -96,6 +97,8 @@ def model_label(kind: str, images_seen=None) -> str:
         return TEACHER_LABEL
     if kind == "sld":
         return SLD_LABEL
+    if kind.startswith("esd"):
+        return kind.upper().replace("ESD-X", "ESD-x").replace("ESD-U", "ESD-u")
     name = "PECKER" if kind == "pecker" else "SFD"
     return name if _isnan(images_seen) else f"{name} ({images_text(images_seen)} images)"
 
@@ -130,10 +133,12 @@ class DatasetView:
         return str((self.tasks.get(task) or {}).get("label") or task)
 
     def kind(self, method: str) -> tuple[str, bool]:
-        """``(teacher | sld | sfd | pecker, two_stage)``."""
+        """``(teacher | sld | esd-x | esd-u | sfd | pecker, two_stage)``."""
         if method in ("teacher", "sld"):
             return method, False
         m = self.methods.get(method)
+        if (m or {}).get("kind") == "esd":
+            return ("esd-x" if m.get("train") == "xattn" else "esd-u"), False
         if m is None:  # no config entry: the method's name says
             return ("pecker" if "pecker" in method.lower() else "sfd"), "two_stage" in method.lower()
         # two-stage: stage 2 of an in-pipeline stage 1 (init_from) or started from a distilled one-step
@@ -143,7 +148,7 @@ class DatasetView:
 
     def runs(self, task: str, pecker_first: bool = True) -> list[str]:
         """The SFD-loop methods of ``task`` in the config: PECKER before SFD (or after), then by name."""
-        ms = [m for m, x in self.methods.items() if (x or {}).get("task") == task]
+        ms = [m for m, x in self.methods.items() if (x or {}).get("task") == task and (x or {}).get("kind", "sfd") == "sfd"]
         return sorted(ms, key=lambda m: ((self.kind(m)[0] == "sfd") == pecker_first, m))
 
     def steps(self, method: str) -> int | None:

@@ -17,9 +17,10 @@ BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every", "seeds",
 # What each method kind is (docs/method.md sections 3-5): "sfd" is the SFD loop (SFD, PECKER, their
 # variants, SFD-Two-Stage) and trains a one-step generator; the baselines fine-tune or retrain the
 # multi-step DDPM, which the evaluation samples with evaluate.teacher_sampler.
-KINDS = ("sfd", "retrain", "sa", "salun")
-MULTI_STEP = ("retrain", "sa", "salun")
-DATA_FREE = {"sfd": True, "retrain": False, "sa": True, "salun": False}
+KINDS = ("sfd", "retrain", "sa", "salun", "esd")
+MULTI_STEP = ("retrain", "sa", "salun", "esd")
+DATA_FREE = {"sfd": True, "retrain": False, "sa": True, "salun": False, "esd": True}
+TEXT_KINDS = ("sfd", "esd")  # what a text dataset (concept forgetting) can run
 # Common unlearn settings every kind shares (the rest of the common section is the SFD loop's).
 SHARED = ("forget_class", "cover_class", "keep_states", "log_every")
 

@@ -1,7 +1,8 @@
-"""The Table 1 baselines on the multi-step DDPM (docs/method.md section 5): Retrain, SA and SalUn.
+"""The baselines on the multi-step model (docs/method.md section 5): Retrain, SA and SalUn (Table 1)
+and ESD-x / ESD-u (Tables 2-3, :mod:`pecker.unlearn.baselines.esd`).
 
 :func:`run_baseline` is what ``pecker unlearn --method <name>`` runs for a method of kind ``retrain``,
-``sa`` or ``salun``; SFD-Two-Stage is the SFD loop itself (:mod:`pecker.unlearn.trainer`). Every
+``sa``, ``salun`` or ``esd``; SFD-Two-Stage is the SFD loop itself (:mod:`pecker.unlearn.trainer`). Every
 baseline writes ``OUT/unet.safetensors + .json`` (the weights the evaluation samples with
 ``evaluate.teacher_sampler``), ``OUT/log.csv`` and resumable states under ``OUT/ckpt`` through the
 one run-folder helper (:mod:`pecker.runs`); the sidecar records the task (``forget`` / ``cover``),
@@ -41,6 +42,12 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
     s = method_settings(ds["unlearn"], method, dataset, ds.get("teacher"))
     kind, device = s["kind"], torch.device(device)
     chash = ds_stage_hash(ds, "unlearn", method=method, seed=seed, dataset=dataset)
+    if kind == "esd":
+        from pecker.unlearn.baselines.esd import run_esd
+
+        if teacher_prefix is None:
+            raise ConfigError(f"method {method!r} (kind esd) needs --teacher")
+        return run_esd(ds, dataset, method, seed, s, out_dir, device, teacher_prefix, chash, max_steps)
     meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "data_free": DATA_FREE[kind],
             "forget_class": s["forget_class"], "cover_class": s["cover_class"],
             # what the evaluation checks (the same record as the SFD loop's task; these methods use no cover)
