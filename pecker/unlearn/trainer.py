@@ -60,6 +60,18 @@ def _fill(grads, params) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Bool ``(B,)``: the samples of ``x`` whose every value is finite."""
+    return torch.isfinite(x.detach()).flatten(1).all(1)
+
+
+def _nan_to_num_(tensors) -> None:
+    """Non-finite gradient entries set to 0, in place (``unlearn.nan_guard``)."""
+    for t in tensors:
+        if t is not None:
+            torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _total_norm(tensors) -> float:
     tensors = [t for t in tensors if t is not None]
     return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
@@ -135,6 +147,7 @@ class Unlearner:
         m = settings["mask"]
         self.mask = SaliencyMask(m, self.params, self.param_names, mask_pool) if m["enabled"] else None
         self.step = 0
+        self.nan_dropped = 0  # samples dropped by unlearn.nan_guard in this process
 
     @property
     def rng(self) -> torch.Generator:
@@ -203,6 +216,15 @@ class Unlearner:
         eps_r, eps_f = draws.randn(B), draws.randn(Bf)
         self.opt_psi.zero_grad(set_to_none=True)
         parts = self.micro_batches(B, Bf)
+        if s.get("nan_guard"):  # drop non-finite samples (all draws were made for the whole batch)
+            keep_r, keep_f = _finite_rows(x_r), _finite_rows(x_f)
+            if not (bool(keep_r.all()) and bool(keep_f.all())):
+                self.nan_dropped += int((~keep_r).sum() + (~keep_f).sum())
+                log.warning("step %d: %d retain and %d forget samples are not finite; the psi step drops them",
+                            self.step + 1, int((~keep_r).sum()), int((~keep_f).sum()))
+                x_r, t_r, eps_r, c_r = x_r[keep_r], t_r[keep_r], eps_r[keep_r], c_r[keep_r]
+                x_f, t_f, eps_f, c_f = x_f[keep_f], t_f[keep_f], eps_f[keep_f], c_f[keep_f]
+                parts = [(slice(None), slice(None))]  # one part: the remainder need not divide by k
         rem = fgt = 0.0
         for r, f in parts:
             with self.amp():
@@ -213,12 +235,29 @@ class Unlearner:
             rem, fgt = rem + rem_i.detach() / len(parts), fgt + fgt_i.detach() / len(parts)
         loss = s["lam_psi"] * rem + s["mu_psi"] * fgt
         params = list(self.psi.parameters())
+        if s.get("nan_guard"):
+            _nan_to_num_(p.grad for p in params)
         gnorm = _total_norm(p.grad for p in params)
         self._clip(params)
         self.opt_psi.step()
         self.opt_psi.zero_grad(set_to_none=True)
         return {"loss_psi": float(loss), "loss_psi_remember": float(rem), "loss_psi_forget": float(fgt),
                 "grad_norm_psi": gnorm}, x_f
+
+    def _finite_terms(self, terms: list) -> list:
+        """``unlearn.nan_guard``: each score term without its non-finite generator samples (their
+        share of the loss is dropped, as the official SD code drops NaN samples)."""
+        out = []
+        for term in terms:
+            keep = _finite_rows(term.x)
+            if not bool(keep.all()):
+                self.nan_dropped += int((~keep).sum())
+                log.warning("step %d: %d generator samples are not finite; the theta step drops them",
+                            self.step + 1, int((~keep).sum()))
+                term = ScoreTerm(term.x[keep], term.t[keep], term.eps[keep], teacher_cond=term.teacher_cond[keep],
+                                 fake_cond=term.fake_cond[keep])
+            out.append(term)
+        return out
 
     def theta_step(self, c_r, c_f, c_o) -> dict:
         """Update theta on fresh samples (same conditions, new noise) with the (masked) gradient
@@ -238,10 +277,11 @@ class Unlearner:
             with self.amp():  # forward passes only; the backward passes below run outside autocast
                 x_r = self.gen(n_r[r], c_r[r])
                 x_f = self.gen(n_f[f], c_f[f])
-                rem_i, fgt_i = score_terms(self.teacher, self.psi, self.sched,
-                                           [ScoreTerm(x_r, t_r[r], eps_r[r], teacher_cond=c_r[r], fake_cond=c_r[r]),
-                                            ScoreTerm(x_f, t_f[f], eps_f[f], teacher_cond=c_o[f], fake_cond=c_f[f])],
-                                           s["xi"], s["normaliser_clamp"])
+                terms = [ScoreTerm(x_r, t_r[r], eps_r[r], teacher_cond=c_r[r], fake_cond=c_r[r]),
+                         ScoreTerm(x_f, t_f[f], eps_f[f], teacher_cond=c_o[f], fake_cond=c_f[f])]
+                if s.get("nan_guard"):
+                    terms = self._finite_terms(terms)
+                rem_i, fgt_i = score_terms(self.teacher, self.psi, self.sched, terms, s["xi"], s["normaliser_clamp"])
                 loss_i = s["lam_theta"] * rem_i + s["mu_theta"] * fgt_i
             if len(parts) > 1:
                 loss_i = loss_i / len(parts)
@@ -259,6 +299,9 @@ class Unlearner:
             del gr, gf
             rem, fgt = rem + rem_i.detach() / len(parts), fgt + fgt_i.detach() / len(parts)
         loss = s["lam_theta"] * rem + s["mu_theta"] * fgt
+        if s.get("nan_guard"):
+            _nan_to_num_(g_rem)
+            _nan_to_num_(g_fgt)
         gnorm_rem, gnorm_fgt = _total_norm(g_rem), _total_norm(g_fgt)
         if self.mask is None:  # SFD
             grads = [gr.add_(gf) for gr, gf in zip(g_rem, g_fgt)]
@@ -479,6 +522,7 @@ def run_unlearning(
         "method": method, "seed": seed, "dataset": dataset, "config_hash": chash,
         "steps": unl.step, "step": unl.step, "images_seen": unl.step * unl.images_per_step,
         "precision": unl.precision.describe(), "wall_clock_s": round(wall, 3), "peak_memory": prov["memory"], "weights": "ema",
+        **({"nan_samples_dropped_since_start": unl.nan_dropped} if s.get("nan_guard") else {}),
         **({} if ds.get("text") else {"forget_class": s["forget_class"], "cover_class": s["cover_class"]}),
         **task.describe(),
         "data_free": not (s["mask"]["enabled"] and s["mask"]["source"] == "real"), "settings": s, "teacher": str(teacher_prefix), **inputs, "provenance": prov,
