@@ -142,6 +142,7 @@ def eval_jsons(dataset):
         dataset in TEXT_DATASETS
     ):  # the SLD-Medium row: the teacher through the safe pipeline
         out.append(f"{RESULTS}/{dataset}/eval/sld/seed0/final.json")
+    out += [f"{RESULTS}/{dataset}/eval/{row}/seed0/final.json" for row in INIT_ROWS[dataset]]
     for ds, m, seed in pwf.configured_runs(config):
         if ds == dataset:
             if m in SFD_METHODS:
@@ -169,6 +170,8 @@ def celebrity_scored(dataset, method):
     tasks = unl.get("tasks") or {}
     if method in ("teacher", "sld"):
         return any(t["type"] == "celebrity" for t in tasks.values())
+    if method in INIT_ROWS[dataset]:
+        return tasks[INIT_ROWS[dataset][method][0]]["type"] == "celebrity"
     task = (unl.get("methods") or {}).get(method, {}).get("task")
     return task in tasks and tasks[task]["type"] == "celebrity"
 
@@ -253,6 +256,29 @@ def generator_init(w):
 INIT_DATASETS = [
     ds for ds in DATASETS if (config["datasets"][ds].get("unlearn") or {}).get("generator_init")
 ]
+
+
+def _init_rows(ds):
+    """The "SiD-LSG" rows of a text dataset with generator_init: row name -> (task, the first
+    SFD-loop method of that task, whose settings write the starting generator)."""
+    if ds not in INIT_DATASETS or ds not in TEXT_DATASETS:
+        return {}
+    unl = config["datasets"][ds]["unlearn"]
+    rows = {}
+    for task in sorted(unl.get("tasks") or {}):
+        ms = sorted(
+            m
+            for m, e in (unl.get("methods") or {}).items()
+            if (e or {}).get("task") == task
+            and (e or {}).get("kind", "sfd") == "sfd"
+            and not (e or {}).get("init_from")
+        )
+        if ms:
+            rows[f"sid_lsg_{task}"] = (task, ms[0])
+    return rows
+
+
+INIT_ROWS = {ds: _init_rows(ds) for ds in DATASETS}
 
 
 def baseline_inputs(w):

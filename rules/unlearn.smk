@@ -78,6 +78,40 @@ rule convert_generator_init:
         " --out {params.out} > {log} 2>&1"
 
 
+rule init_generator:
+    # the "SiD-LSG" row (Tables 2-3): the generator_init network as is, as the one-step generator of
+    # one task (its first SFD-loop method's settings), evaluated like a final generator
+    input:
+        teacher=rules.train_teacher.output.ema,
+        teacher_meta=rules.train_teacher.output.ema_meta,
+        generator_init=f"{RESULTS}/{{dataset}}/generator_init/unet.json",
+        assets=dataset_assets,
+    output:
+        generator=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.safetensors",
+        meta=f"{RESULTS}/{{dataset}}/unlearn/{{method}}/seed{{seed}}/generator_ema.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/init_generator_{{method}}_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/init_generator_{{method}}_seed{{seed}}.tsv"
+    wildcard_constraints:
+        method=_alternatives(sorted({r for rows in INIT_ROWS.values() for r in rows})),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=30,
+    params:
+        cfg=resolved_config,
+        method=lambda w: INIT_ROWS[w.dataset][w.method][1],
+        teacher=lambda w, input: Path(input.teacher).with_suffix(""),
+        init=lambda w, input: Path(input.generator_init).with_suffix(""),
+        out=lambda w, output: Path(output.meta).parent,
+    shell:
+        "pecker unlearn --config {params.cfg} -d {wildcards.dataset} --method {params.method} --seed {wildcards.seed}"
+        " --teacher {params.teacher} --generator-init {params.init} --init-only --out {params.out} > {log} 2>&1"
+
+
 rule unlearn_baseline:
     input:
         unpack(baseline_inputs),

@@ -27,15 +27,16 @@ def _job_counts(stdout: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("configs, expected", [
     (["sd_celebrity.yaml"], {"fetch_asset": 2, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 4,
-                             "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 4,
-                             "celebrity_images": 52, "gcd_detect": 52, "unlearn_baseline": 2, "evaluate_baseline": 2,
+                             "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 6,
+                             "init_generator": 2, "celebrity_images": 54, "gcd_detect": 54, "unlearn_baseline": 2,
+                             "evaluate_baseline": 2,
                              "concept_tables": 1, "concept_figures": 1, "audit": 1}),
     (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 2,
-                          "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 22, "evaluate_final": 2,
-                          "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
+                          "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 22, "evaluate_final": 3,
+                          "init_generator": 1, "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
                           "audit": 1}),
     (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
-                                              "unlearn": 6, "gcd_detect": 52, "evaluate_checkpoint": 66,
+                                              "unlearn": 6, "gcd_detect": 54, "evaluate_checkpoint": 66,
                                               "unlearn_baseline": 3}),
 ])
 def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expected):
@@ -191,6 +192,14 @@ def test_teacher_from_the_sd_folder_generator_from_the_converted_pickle_and_one_
         assert meta0["generator_init_sha256"] == io.read_sidecar(res / "generator_init" / "unet.json")["sha256"]
         final = io.read_sidecar(out / "generator_ema.json")
         assert final["step"] == 2 and final["images_seen"] == 4
+    # the SiD-LSG row: the converted generator as is, with the task's sidecar and no training state
+    row = res / "unlearn" / "sid_lsg_celeb" / "seed0"
+    _cli("unlearn", "--config", cfgp, "-d", "sd-tiny", "--method", "pecker_celeb", "--seed", 0, "--teacher",
+         res / "teacher" / "ema", "--generator-init", res / "generator_init" / "unet", "--init-only", "--out", row)
+    init, imeta = load_unet(row / "generator_ema")
+    assert imeta["init_only"] and imeta["step"] == 0 and imeta["forget"]["task"] == "celeb"
+    assert all(torch.equal(a, b) for a, b in zip(init.state_dict().values(), sd_setup["gen"].state_dict().values()))
+    assert not (row / "ckpt").exists() or not any((row / "ckpt").iterdir())
     # the loop refuses a run of a dataset with generator_init without the converted network
     with pytest.raises(cfgmod.ConfigError, match="generator-init"):
         from pecker.unlearn.trainer import run_unlearning

@@ -66,12 +66,12 @@ TABLES = {
 TABLE_METRICS = TABLES  # the table names the audit hands to this module
 TITLES = {"table2": "Table 2: celebrity forgetting (lower is better)",
           "table3": "Table 3: nudity forgetting, I2P-style 'sexual' prompts (lower is better)"}
-KIND_ORDER = {"teacher": 0, "sld": 1, "esd-x": 2, "esd-u": 2, "sfd": 3, "pecker": 4}
+KIND_ORDER = {"teacher": 0, "sld": 1, "sid-lsg": 2, "esd-x": 3, "esd-u": 3, "sfd": 4, "pecker": 5}
 TEACHER_LABEL = "SD v1.4 analogue (teacher, multi-step)"
 SLD_LABEL = "SLD-Medium"
 # Defaults when paper_results.yaml lacks the mapping keys.
-PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "esd-x": "ESD-x", "esd-u": "ESD-u", "sfd": "SFD-Two-Stage",
-              "pecker": "PECKER"}
+PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sid-lsg": "SiD-LSG", "esd-x": "ESD-x", "esd-u": "ESD-u",
+              "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
 PAPER_CELEBRITIES = ({"key": "brad_pitt", "name": "Brad Pitt"}, {"key": "angelina_jolie", "name": "Angelina Jolie"})
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _TYPE_OF_METRIC = {"share_without_object": "celebrity", "inappropriate_probability": "nudity"}
@@ -97,6 +97,8 @@ def model_label(kind: str, images_seen=None) -> str:
         return TEACHER_LABEL
     if kind == "sld":
         return SLD_LABEL
+    if kind == "sid-lsg":
+        return "SiD-LSG (the starting generator, as is)"
     if kind.startswith("esd"):
         return kind.upper().replace("ESD-X", "ESD-x").replace("ESD-U", "ESD-u")
     name = "PECKER" if kind == "pecker" else "SFD"
@@ -133,9 +135,11 @@ class DatasetView:
         return str((self.tasks.get(task) or {}).get("label") or task)
 
     def kind(self, method: str) -> tuple[str, bool]:
-        """``(teacher | sld | esd-x | esd-u | sfd | pecker, two_stage)``."""
+        """``(teacher | sld | sid-lsg | esd-x | esd-u | sfd | pecker, two_stage)``."""
         if method in ("teacher", "sld"):
             return method, False
+        if method.startswith("sid_lsg_"):  # rule init_generator: unlearn.generator_init as is
+            return "sid-lsg", False
         m = self.methods.get(method)
         if (m or {}).get("kind") == "esd":
             return ("esd-x" if m.get("train") == "xattn" else "esd-u"), False

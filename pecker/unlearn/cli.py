@@ -28,10 +28,13 @@ from pecker import config as cfgmod
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Prepared dataset (retrain, salun, mask.source=real; default: {data_dir}/{dataset}).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (testing resumption).")
+@click.option("--init-only", is_flag=True, default=False,
+              help="Kind sfd: write the starting generator as OUT/generator_ema and stop (the SiD-LSG row: the "
+                   "generator_init network as is, for the method's task).")
 @clitools.threads_option
 @clitools.log_option
 def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teacher_raw_prefix, init_dir, generator_init, out_dir,
-            data_dir, max_steps, threads, log_file) -> None:
+            data_dir, max_steps, init_only, threads, log_file) -> None:
     """Unlearn the forget class with METHOD; resumes from OUT/ckpt when present.
 
     Kind sfd writes OUT/generator_ema.safetensors + .json (the one-step EMA generator), OUT/log.csv
@@ -58,7 +61,8 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teac
         if teacher_prefix is None:
             raise cfgmod.ConfigError(f"method {method!r} (kind sfd) needs --teacher")
         meta = run_unlearning(cfg, dataset, method, seed, teacher_prefix, out_dir, device, data_dir=data_dir,
-                              max_steps=max_steps, init_dir=init_dir, generator_init=generator_init)
+                              max_steps=max_steps, init_dir=init_dir, generator_init=generator_init,
+                              init_only=init_only)
         name = "generator_ema"
     else:
         from pecker.unlearn.baselines import FINAL, run_baseline

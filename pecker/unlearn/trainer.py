@@ -440,13 +440,16 @@ def run_unlearning(
     max_steps: int | None = None,
     init_dir: str | Path | None = None,
     generator_init: str | Path | None = None,
+    init_only: bool = False,
 ) -> dict:
     """Run (or resume) one unlearning run; returns the final generator_ema sidecar.
 
     ``max_steps`` stops after that many iterations in total without writing the final outputs
     (used to test resumption). ``init_dir``: the finished stage-1 run folder of a method with
     ``init_from`` (SFD-Two-Stage). ``generator_init``: the converted network of ``unlearn.generator_init``
-    (SiD-LSG's generator for SD), the start of the generator of a method without ``init_from``. Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
+    (SiD-LSG's generator for SD), the start of the generator of a method without ``init_from``.
+    ``init_only``: write the starting generator as ``OUT/generator_ema`` (step 0, the method's task in
+    its sidecar) and stop, with no training state: the "SiD-LSG" row, the distilled generator as is. Raises :class:`pecker.runs.ResumeRefused` when the run folder holds
     a state of another configuration or teacher.
     """
     ds = dataset_config(cfg, dataset)
@@ -484,6 +487,12 @@ def run_unlearning(
     log.info("unlearn %s seed %d on %s: generator %s parameters, device %s, config hash %s",
              method, seed, dataset, f"{n_params(unl.gen.unet):,}", device, chash)
 
+    if init_only:
+        meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "step": 0, "steps": 0,
+                "images_seen": 0, "init_only": True, **task.describe(), **inputs, "data_free": True,
+                "provenance": rec.finish(teacher=str(teacher_prefix), teacher_sha256=tmeta["sha256"])}
+        save_generator(Path(out_dir) / "generator_ema", unl.gen, ds.get("diffusion") or {}, meta, unl.ema_state_dict())
+        return io.read_sidecar(Path(out_dir) / "generator_ema.json")
     csv_log, wall_before, resumed_from = run.begin(unl, s["steps"], LOG_FIELDS, expect=inputs)
 
     t_start = time.perf_counter()
