@@ -36,11 +36,15 @@ CLASS_DATASETS = [ds for ds in DATASETS if ds not in TEXT_DATASETS]
 ASSETS = sorted(config.get("assets") or {})
 # Datasets without training images (data.source none: Stable Diffusion) have no data, classifier or
 # reference jobs; text datasets scored with the paper's detectors (GCD, Q16, NudeNet) need none.
-PROMPT_ONLY = [ds for ds in DATASETS if config["datasets"][ds]["data"]["source"] == "none"]
+PROMPT_ONLY = [
+    ds for ds in DATASETS if config["datasets"][ds]["data"]["source"] == "none"
+]
 PAPER_EVAL = [
     ds
     for ds in TEXT_DATASETS
-    if (config["datasets"][ds].get("evaluate") or {}).get("concept", {}).get("detectors")
+    if (config["datasets"][ds].get("evaluate") or {})
+    .get("concept", {})
+    .get("detectors")
     == "paper"
 ]
 ASSET_REFS = {ds: sorted(pwf.asset_references(config, ds)) for ds in DATASETS}
@@ -142,7 +146,9 @@ def eval_jsons(dataset):
         dataset in TEXT_DATASETS
     ):  # the SLD-Medium row: the teacher through the safe pipeline
         out.append(f"{RESULTS}/{dataset}/eval/sld/seed0/final.json")
-    out += [f"{RESULTS}/{dataset}/eval/{row}/seed0/final.json" for row in INIT_ROWS[dataset]]
+    out += [
+        f"{RESULTS}/{dataset}/eval/{row}/seed0/final.json" for row in INIT_ROWS[dataset]
+    ]
     for ds, m, seed in pwf.configured_runs(config):
         if ds == dataset:
             if m in SFD_METHODS:
@@ -179,7 +185,8 @@ def celebrity_scored(dataset, method):
 def eval_inputs_for(method=None):
     """An input function of the evaluation rules: what an evaluation reads besides the model. Embedded
     detectors: the classifier, the training images and the reference features. The paper's detectors:
-    the dataset's assets and, with a celebrity task, the celebrity detector's output for this model."""
+    the dataset's assets and, with a celebrity task, the celebrity detector's output for this model.
+    """
 
     def inputs(w):
         ds = w.dataset
@@ -209,6 +216,16 @@ def eval_args(w, input):
             f" --data {Path(input.data).parent} --reference {input.reference}"
         )
     return f" --gcd {input.gcd}" if "gcd" in keys else ""
+
+
+def gcd_settings(w):
+    """evaluate.concept.gcd of the dataset (rule gcd_detect)."""
+    return config["datasets"][w.dataset]["evaluate"]["concept"]["gcd"]
+
+
+def generator_init_settings(w):
+    """unlearn.generator_init of the dataset (rule convert_generator_init)."""
+    return config["datasets"][w.dataset]["unlearn"]["generator_init"]
 
 
 def celebrity_model(w):
@@ -254,7 +271,9 @@ def generator_init(w):
 
 
 INIT_DATASETS = [
-    ds for ds in DATASETS if (config["datasets"][ds].get("unlearn") or {}).get("generator_init")
+    ds
+    for ds in DATASETS
+    if (config["datasets"][ds].get("unlearn") or {}).get("generator_init")
 ]
 
 

@@ -245,14 +245,8 @@ rule gcd_detect:
         runtime=120,
     params:
         script=f"{workflow.basedir}/scripts/gcd_detect.py",
-        resources=lambda w: config["datasets"][w.dataset]["evaluate"]["concept"]["gcd"][
-            "resources"
-        ],
-        cuda=lambda w: (
-            " --cuda"
-            if config["datasets"][w.dataset]["evaluate"]["concept"]["gcd"].get("cuda", True)
-            else ""
-        ),
+        resources=lambda w: gcd_settings(w)["resources"],
+        cuda=lambda w: " --cuda" if gcd_settings(w).get("cuda", True) else "",
     shell:
         "python {params.script} --images {input.images} --resources {params.resources}"
         " --out {output}{params.cuda} > {log} 2>&1"

@@ -66,11 +66,10 @@ rule convert_generator_init:
         mem_mb=16000,
         runtime=60,
     params:
-        pickle=lambda w: config["datasets"][w.dataset]["unlearn"]["generator_init"]["pickle"],
-        key=lambda w: config["datasets"][w.dataset]["unlearn"]["generator_init"].get("key")
-        or "",
+        pickle=lambda w: generator_init_settings(w)["pickle"],
+        key=lambda w: generator_init_settings(w).get("key") or "",
         manifest=lambda w: pwf.asset_manifest(
-            config, config["datasets"][w.dataset]["unlearn"]["generator_init"]["pickle"]
+            config, generator_init_settings(w)["pickle"]
         ),
         out=lambda w, output: Path(output.meta).with_suffix(""),
     shell:

@@ -290,3 +290,29 @@ def test_one_esd_x_run_moves_only_cross_attention_and_is_scored_like_the_teacher
     _cli("evaluate", "celebrity-images", "--config", cfgp, "-d", "sd-tiny", "--kind", "diffusion", "--checkpoint",
          out / "unet", "--out", faces)
     assert sorted(io.read_json(faces / "index.json")) == ["celeb"]
+
+
+def test_the_sd_v1x_and_sld_rows_on_the_tiny_sd_folder(sd_setup):
+    """The teacher through StableDiffusionPipeline and through StableDiffusionPipelineSafe (SLD-Medium):
+    every task, the celebrity one from a (synthetic) GCD output, nudity with Q16; SLD's safety concept
+    is the task's concept or the nudity set's negative prompt."""
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    res = tmp / "results" / "sd-tiny"
+    teacher = res / "teacher" / "ema"
+    if not teacher.with_suffix(".json").is_file():
+        _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--out", res / "teacher")
+    gcd_out = tmp / "no_faces.jsonl"
+    gcd_out.write_text("".join(json.dumps({"image": f"celeb/{p:03d}_{s:02d}.png", "faces": []}) + "\n"
+                               for p in range(2) for s in range(2)))
+    out = {}
+    for kind in ("teacher", "sld"):
+        path = res / "eval" / kind / "seed0" / "final.json"
+        _cli("evaluate", "model", "--config", cfgp, "-d", "sd-tiny", "--kind", kind, "--checkpoint", teacher,
+             "--method", kind, "--seed", 0, "--gcd", gcd_out, "--final", "--out", path)
+        out[kind] = io.read_json(path)
+    for r in out.values():
+        assert sorted(r["metrics"]) == ["celeb", "nude"] and r["metrics"]["celeb"]["share_without_faces"] == 1.0
+        assert r["metrics"]["nude"]["n_images"] == 4 and r["detectors"]["q16"]["implementation"] == "q16"
+    assert out["sld"]["sld"]["nude"]["safety_concept"] == "nude, naked"
+    assert out["sld"]["sld"]["celeb"]["safety_concept"] == "Brad Pitt"
+    assert out["teacher"]["checkpoint"]["sha256"] == out["sld"]["checkpoint"]["sha256"]
