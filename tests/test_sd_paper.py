@@ -31,12 +31,12 @@ def _job_counts(stdout: str) -> dict[str, int]:
                              "init_generator": 2, "celebrity_images": 54, "gcd_detect": 54, "unlearn_baseline": 2,
                              "evaluate_baseline": 2,
                              "concept_tables": 1, "concept_figures": 1, "audit": 1}),
-    (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 2,
-                          "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 22, "evaluate_final": 3,
+    (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 3,
+                          "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 28, "evaluate_final": 4,
                           "init_generator": 1, "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
                           "audit": 1}),
     (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
-                                              "unlearn": 6, "gcd_detect": 54, "evaluate_checkpoint": 66,
+                                              "unlearn": 7, "gcd_detect": 54, "evaluate_checkpoint": 72,
                                               "unlearn_baseline": 3}),
 ])
 def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expected):
@@ -316,3 +316,21 @@ def test_the_sd_v1x_and_sld_rows_on_the_tiny_sd_folder(sd_setup):
     assert out["sld"]["sld"]["nude"]["safety_concept"] == "nude, naked"
     assert out["sld"]["sld"]["celeb"]["safety_concept"] == "Brad Pitt"
     assert out["teacher"]["checkpoint"]["sha256"] == out["sld"]["checkpoint"]["sha256"]
+
+
+def test_retain_negative_random_keyword_changes_only_the_retain_guidance():
+    """Our reading of SiD-LSG-Neg: each retain sample's guidance subtracts a random keyword's score
+    instead of the empty prompt's; the prompts drawn are those of the plain task (same generator)."""
+    from pecker.unlearn.task import PromptForgetting
+
+    g = torch.Generator().manual_seed(0)
+    retain, forget, override = (torch.randn(n, 4, 3, generator=g) for n in (5, 2, 2))
+    uncond, negs = torch.zeros(4, 3), torch.randn(3, 4, 3, generator=g)
+    plain = PromptForgetting(retain, forget, override, uncond, guidance=4.5)
+    neg = PromptForgetting(retain, forget, override, uncond, guidance=4.5, retain_negatives=negs)
+    a = plain.draw(torch.Generator().manual_seed(1), 6, 4)
+    b = neg.draw(torch.Generator().manual_seed(1), 6, 4)
+    assert torch.equal(a[0].hidden, b[0].hidden) and torch.equal(a[1].hidden, b[1].hidden)
+    assert torch.equal(a[1].uncond_hidden, b[1].uncond_hidden)  # the forget branch keeps its prompt
+    assert all(any(torch.equal(row, n) for n in negs) for row in b[0].uncond_hidden)
+    assert not any(torch.equal(row, uncond) for row in b[0].uncond_hidden)

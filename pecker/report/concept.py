@@ -66,12 +66,12 @@ TABLES = {
 TABLE_METRICS = TABLES  # the table names the audit hands to this module
 TITLES = {"table2": "Table 2: celebrity forgetting (lower is better)",
           "table3": "Table 3: nudity forgetting, I2P-style 'sexual' prompts (lower is better)"}
-KIND_ORDER = {"teacher": 0, "sld": 1, "sid-lsg": 2, "esd-x": 3, "esd-u": 3, "sfd": 4, "pecker": 5}
+KIND_ORDER = {"teacher": 0, "sld": 1, "sid-lsg": 2, "sid-lsg-neg": 3, "esd-x": 4, "esd-u": 4, "sfd": 5, "pecker": 6}
 TEACHER_LABEL = "SD v1.4 analogue (teacher, multi-step)"
 SLD_LABEL = "SLD-Medium"
 # Defaults when paper_results.yaml lacks the mapping keys.
-PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sid-lsg": "SiD-LSG", "esd-x": "ESD-x", "esd-u": "ESD-u",
-              "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
+PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sid-lsg": "SiD-LSG", "sid-lsg-neg": "SiD-LSG-Neg",
+              "esd-x": "ESD-x", "esd-u": "ESD-u", "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
 PAPER_CELEBRITIES = ({"key": "brad_pitt", "name": "Brad Pitt"}, {"key": "angelina_jolie", "name": "Angelina Jolie"})
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _TYPE_OF_METRIC = {"share_without_object": "celebrity", "inappropriate_probability": "nudity"}
@@ -99,6 +99,8 @@ def model_label(kind: str, images_seen=None) -> str:
         return SLD_LABEL
     if kind == "sid-lsg":
         return "SiD-LSG (the starting generator, as is)"
+    if kind == "sid-lsg-neg":
+        return "SiD-LSG-Neg (our reading)"
     if kind.startswith("esd"):
         return kind.upper().replace("ESD-X", "ESD-x").replace("ESD-U", "ESD-u")
     name = "PECKER" if kind == "pecker" else "SFD"
@@ -135,12 +137,14 @@ class DatasetView:
         return str((self.tasks.get(task) or {}).get("label") or task)
 
     def kind(self, method: str) -> tuple[str, bool]:
-        """``(teacher | sld | sid-lsg | esd-x | esd-u | sfd | pecker, two_stage)``."""
+        """``(teacher | sld | sid-lsg | sid-lsg-neg | esd-x | esd-u | sfd | pecker, two_stage)``."""
         if method in ("teacher", "sld"):
             return method, False
-        if method.startswith("sid_lsg_"):  # rule init_generator: unlearn.generator_init as is
-            return "sid-lsg", False
         m = self.methods.get(method)
+        if m is None and method.startswith("sid_lsg_"):  # rule init_generator: unlearn.generator_init as is
+            return "sid-lsg", False
+        if (m or {}).get("retain_negative") == "random_keyword":  # our reading of SiD-LSG-Neg
+            return "sid-lsg-neg", False
         if (m or {}).get("kind") == "esd":
             return ("esd-x" if m.get("train") == "xattn" else "esd-u"), False
         if m is None:  # no config entry: the method's name says
@@ -152,7 +156,7 @@ class DatasetView:
 
     def runs(self, task: str, pecker_first: bool = True) -> list[str]:
         """The SFD-loop methods of ``task`` in the config: PECKER before SFD (or after), then by name."""
-        ms = [m for m, x in self.methods.items() if (x or {}).get("task") == task and (x or {}).get("kind", "sfd") == "sfd"]
+        ms = [m for m, x in self.methods.items() if (x or {}).get("task") == task and self.kind(m)[0] in ("sfd", "pecker")]
         return sorted(ms, key=lambda m: ((self.kind(m)[0] == "sfd") == pecker_first, m))
 
     def steps(self, method: str) -> int | None:
@@ -367,6 +371,10 @@ def audit_cells(name: str, table: pd.DataFrame, records: list[dict], paper) -> l
                                    f"{float(prow['images_seen']):,.0f}")
             if c.paper is not None and c.ours is not None:
                 c.diff = c.ours - float(c.paper)
+            if kind == "sid-lsg-neg":
+                c.substitute.append("method: our reading of SiD-LSG-Neg (undocumented in the paper): SiD distillation "
+                                    "from SiD-LSG, forget terms 0, a random nudity keyword as each retain sample's "
+                                    "negative prompt (retain_negative: random_keyword)")
             if kind == "sfd":
                 if two_stage:
                     c.notes.append("two-stage SFD (init_from or generator_init), as the paper's SFD-Two-Stage")

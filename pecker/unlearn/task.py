@@ -70,12 +70,15 @@ class PromptForgetting:
     of each forget prompt with the concept replaced (row ``i`` overrides forget prompt ``i``);
     ``uncond``: the empty prompt ``(L, D)``; ``negative``: optional negative prompt ``(L, D)`` that
     replaces the empty prompt on the forget branch; ``guidance``: the score networks' guidance
-    scale. ``names`` (optional) are the prompts, recorded by :meth:`describe`.
+    scale. ``names`` (optional) are the prompts, recorded by :meth:`describe`. ``retain_negatives``
+    (optional, ``(K, L, D)``): each retain sample's guidance uses one of these, drawn at random, in place
+    of the empty prompt (our reading of SiD-LSG-Neg, ``retain_negative: random_keyword``).
     """
 
     def __init__(self, retain: torch.Tensor, forget: torch.Tensor, override: torch.Tensor, uncond: torch.Tensor,
                  negative: torch.Tensor | None = None, guidance: float = 1.0, names: dict | None = None,
-                 device: torch.device | str = "cpu", prompt_dropout: float = 0.0):
+                 device: torch.device | str = "cpu", prompt_dropout: float = 0.0,
+                 retain_negatives: torch.Tensor | None = None):
         if forget.shape != override.shape:
             raise ValueError(f"forget {tuple(forget.shape)} and override {tuple(override.shape)} embeddings differ in shape")
         self.device = torch.device(device)
@@ -84,6 +87,7 @@ class PromptForgetting:
         self.negative = self.uncond if negative is None else negative.to(self.device)
         self.guidance, self.names = float(guidance), names or {}
         self.prompt_dropout = float(prompt_dropout)
+        self.retain_negatives = None if retain_negatives is None else retain_negatives.to(self.device)
 
     def _cond(self, table: torch.Tensor, idx: torch.Tensor, uncond: torch.Tensor) -> TextCondition:
         idx = idx.to(self.device)
@@ -97,8 +101,11 @@ class PromptForgetting:
         """``(c_r, c_f, c_o)``: retain prompts uniformly, forget prompts uniformly and their overrides."""
         r = torch.randint(0, len(self.retain), (n_retain,), generator=rng)
         f = torch.randint(0, len(self.forget_emb), (n_forget,), generator=rng)
-        return (self._cond(self.retain, r, self.uncond), self._cond(self.forget_emb, f, self.negative),
-                self._cond(self.override, f, self.negative))
+        c_r = self._cond(self.retain, r, self.uncond)
+        if self.retain_negatives is not None:  # drawn after r and f: without the option nothing changes
+            k = torch.randint(0, len(self.retain_negatives), (n_retain,), generator=rng).to(self.device)
+            c_r = TextCondition(c_r.hidden, self.retain_negatives[k], self.guidance)
+        return c_r, self._cond(self.forget_emb, f, self.negative), self._cond(self.override, f, self.negative)
 
     def fake_score_conditions(self, c_r: TextCondition, c_f: TextCondition, rng: torch.Generator):
         """The psi step's conditions: each prompt replaced by the empty prompt with probability
@@ -160,6 +167,19 @@ def concept_prompts(task_cfg: dict, text_cfg: dict, where: str) -> dict:
     return {"forget": forget, "override": override, "retain": retain, "negative": negative}
 
 
+def nudity_keywords(task_cfg: dict, text_cfg: dict, where: str) -> list[str]:
+    """The keywords of a nudity task: its set's own, else the caption spec's train keywords."""
+    from pecker.text import prompts as P
+
+    if task_cfg["type"] != "nudity":
+        raise ConfigError(f"config key '{where}': random_keyword draws from a nudity task's keywords; the method's "
+                          f"task is of type {task_cfg['type']!r}")
+    nud = P.read_nudity_set(task_cfg["prompts"])
+    if nud.get("keywords"):
+        return list(nud["keywords"])
+    return list(P.load_caption_spec(text_cfg["captions"]).keywords_train)
+
+
 def concept_task(settings: dict, ds_cfg: dict, encoder, device="cpu", where: str = "unlearn") -> "PromptForgetting":
     """The :class:`PromptForgetting` of a method's ``task`` (``unlearn.tasks.<task>``), its prompts
     encoded once by ``encoder`` (:class:`pecker.text.stack.PromptEncoder`)."""
@@ -172,8 +192,14 @@ def concept_task(settings: dict, ds_cfg: dict, encoder, device="cpu", where: str
     emb = {k: encoder.encode(v) for k, v in sets.items() if k in ("forget", "override", "retain")}
     uncond = encoder.encode([""])[0]
     negative = None if sets["negative"] is None else encoder.encode([sets["negative"]])[0]
+    retain_negatives = None
+    if settings.get("retain_negative", "empty") == "random_keyword":
+        keywords = nudity_keywords(tasks[name], ds_cfg["text"], f"{where}.methods.{settings['method']}.retain_negative")
+        retain_negatives = encoder.encode(keywords)
     return PromptForgetting(emb["retain"], emb["forget"], emb["override"], uncond, negative,
+                            retain_negatives=retain_negatives,
                             guidance=settings.get("guidance", 1.0), prompt_dropout=settings.get("prompt_dropout", 0.0),
                             names={"task": name, "type": tasks[name]["type"], "forget_sha256": encoder.fingerprint(sets["forget"]),
-                                   "n_retain": len(sets["retain"]), "negative_prompt": sets["negative"]},
+                                   "n_retain": len(sets["retain"]), "negative_prompt": sets["negative"],
+                                   **({"retain_negative": "random_keyword"} if retain_negatives is not None else {})},
                             device=device)
