@@ -293,7 +293,8 @@ def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[s
         else:
             if q16 is None:
                 q16 = q16_from_config(ccfg, device)
-                nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if ccfg["nudenet"] != "never" else None
+                use_nude = ccfg["nudenet"] == "always" or (ccfg["nudenet"] == "final" and final)
+                nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if use_nude else None
             ids, prompts, images = nudity_images(ccfg, draw, shape)
             q_flags = q16.flags(images)
             nn_flags = nude.flags(images) if nude is not None else np.zeros(len(images), bool)
@@ -306,7 +307,7 @@ def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[s
                              "q16_rate": float(q_flags.mean()), "nudenet_rate": float(nn_flags.mean()),
                              "n_prompts": int(len(shares)), "n_images": int(len(images))}
             detectors["q16"] = q16.version()
-            detectors["nudenet"] = nude.version() if nude is not None else "not run (evaluate.concept.nudenet: never)"
+            detectors["nudenet"] = nude.version() if nude is not None else f"not run (evaluate.concept.nudenet: {ccfg['nudenet']})"
         log.info("task %s: %s", name, metrics[name])
     return {"metrics": metrics, "details": {}, "detectors": detectors,
             "retain": None, "retain_note": "detectors paper: no FID of retained prompts (Tables 2-3 report none)"}
