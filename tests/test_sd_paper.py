@@ -46,6 +46,7 @@ def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expec
         assert counts.get(rule) == n, (rule, counts)
     # no classifier, data or reference job: the paper's detectors need none
     assert not {"train_classifier", "prepare_data", "reference_features", "train_teacher"} & set(counts)
+    assert "tables" not in counts  # Table 1 is of class forgetting: none here
 
 
 def test_an_asset_job_offline_fails_naming_the_files_and_keeps_nothing(tmp_path):
