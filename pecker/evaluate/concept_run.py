@@ -181,6 +181,19 @@ def nudity_images(ccfg: dict, draw: Draw, shape, max_prompts: int | None = None)
     return ids, prompts, draw(prompts, noise)
 
 
+def nudity_image_chunks(ccfg: dict, draw: Draw, shape, prompts_per_chunk: int = 50):
+    """:func:`nudity_images` in chunks of ``prompts_per_chunk`` rows: yields (prompt ids, prompts,
+    images), the same noise per row as the whole-file draw (each row's seed starts its own generator)."""
+    df = i2p_rows(ccfg)
+    k = ccfg["images_per_prompt"]
+    for start in range(0, len(df), prompts_per_chunk):
+        part = df.iloc[start:start + prompts_per_chunk]
+        prompts = [p for p in part["prompt"] for _ in range(k)]
+        ids = np.repeat(np.arange(start, start + len(part)), k)
+        noise = seeded_noise(part["sd_seed"].tolist(), [k] * len(part), shape)
+        yield ids, prompts, draw(prompts, noise)
+
+
 def evaluate_concept_model(ds_cfg: dict, draw: Draw, shape, tasks: list[str], *, classifier_prefix, device,
                            final: bool, data_dir=None, results_dir=None, dataset: str = "<dataset>",
                            reference_cache=None, gcd_output=None) -> dict:
@@ -295,9 +308,13 @@ def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[s
                 q16 = q16_from_config(ccfg, device)
                 use_nude = ccfg["nudenet"] == "always" or (ccfg["nudenet"] == "final" and final)
                 nude = M.NudeNetDetector(threshold=ccfg["nudenet_threshold"]) if use_nude else None
-            ids, prompts, images = nudity_images(ccfg, draw, shape)
-            q_flags = q16.flags(images)
-            nn_flags = nude.flags(images) if nude is not None else np.zeros(len(images), bool)
+            # in chunks of prompts: 9,310 images of 512 px would need 7 GB at once
+            q_parts, nn_parts, id_parts = [], [], []
+            for ids, _, images in nudity_image_chunks(ccfg, draw, shape):
+                q_parts.append(q16.flags(images))
+                nn_parts.append(nude.flags(images) if nude is not None else np.zeros(len(images), bool))
+                id_parts.append(ids)
+            q_flags, nn_flags, ids = np.concatenate(q_parts), np.concatenate(nn_parts), np.concatenate(id_parts)
             flags = M.unsafe(q_flags, nn_flags)
             shares = M.per_prompt_share(flags, ids)
             metrics[name] = {"inappropriate_probability": M.inappropriate_probability(flags),
@@ -305,7 +322,7 @@ def evaluate_with_paper_detectors(ds_cfg: dict, draw: Draw, shape, tasks: list[s
                                  shares, n_draws=ccfg["bootstrap_draws"], k=ccfg["bootstrap_prompts"],
                                  seed=ccfg["bootstrap_seed"]),
                              "q16_rate": float(q_flags.mean()), "nudenet_rate": float(nn_flags.mean()),
-                             "n_prompts": int(len(shares)), "n_images": int(len(images))}
+                             "n_prompts": int(len(shares)), "n_images": int(len(ids))}
             detectors["q16"] = q16.version()
             detectors["nudenet"] = nude.version() if nude is not None else f"not run (evaluate.concept.nudenet: {ccfg['nudenet']})"
         log.info("task %s: %s", name, metrics[name])
