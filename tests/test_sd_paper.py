@@ -146,7 +146,7 @@ def sd_setup(tmp_path_factory):
             "evaluate": {"batch_size": 4, "seed": 1, "concept": {
                 "detectors": "paper", "celebrity_seeds": 2, "i2p_prompts": str(i2p), "images_per_prompt": 2,
                 "q16": {"clip": str(clip), "prompts": str(data / "assets" / "q16" / "prompts.p")},
-                "gcd": {"resources": str(tmp / "gcd")}, "nudenet": "never", "sampling_steps": 2,
+                "gcd": {"resources": str(tmp / "gcd")}, "nudenet": "never", "sampling_steps": 5, "sld_reference_steps": 50,
                 "bootstrap_draws": 20, "bootstrap_prompts": 1, "grid_columns": 2,
                 "substitutes": ["prompts: a test's own"]}},
         }},

@@ -449,8 +449,7 @@ def evaluate_prefix(ds_cfg: dict, dataset: str, kind: str, prefix, *, classifier
 
     The teacher and SLD are scored on every task; a generator on the task its sidecar records (refused,
     naming the file, when that task is not configured)."""
-    from pecker.config import ConfigError
-
+    tasks = ds_cfg["unlearn"]["tasks"]
     model_kind = "teacher" if kind in ("teacher", "diffusion") else kind
     names = model_tasks(ds_cfg, dataset, kind, prefix)
     results, meta = {}, None
