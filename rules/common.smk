@@ -343,3 +343,14 @@ def concept_table_inputs(wildcards):
         rules.concept_tables.output.table2_csv,
         rules.concept_tables.output.table3_csv,
     ]
+
+
+def class_table_inputs(wildcards):
+    """Table 1, the ablation and the efficiency table for the audit (none without a class dataset)."""
+    if not CLASS_DATASETS:
+        return {}
+    return {
+        "table1": rules.tables.output.table1_csv,
+        "ablation": rules.tables.output.ablation_csv,
+        "efficiency": rules.tables.output.efficiency_json,
+    }

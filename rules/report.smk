@@ -309,17 +309,6 @@ rule concept_figures:
         " {input.jsons} {input.grids} > {log} 2>&1"
 
 
-def class_table_inputs(wildcards):
-    """Table 1, the ablation and the efficiency table for the audit (none without a class dataset)."""
-    if not CLASS_DATASETS:
-        return {}
-    return {
-        "table1": rules.tables.output.table1_csv,
-        "ablation": rules.tables.output.ablation_csv,
-        "efficiency": rules.tables.output.efficiency_json,
-    }
-
-
 rule audit:
     input:
         unpack(class_table_inputs),
