@@ -285,15 +285,20 @@ def _check_text(name: str, ds: dict) -> None:
         files.append((f"unlearn.tasks.{tname}.retain", t.get("retain")))
     for method, m in (unl.get("methods") or {}).items():
         m = m or {}
-        if m.get("kind", "sfd") not in ("sfd", "esd"):
+        if m.get("kind", "sfd") not in ("sfd", "esd", "sa"):
             raise ConfigError(f"config key '{where}.unlearn.methods.{method}.kind': {m['kind']!r} is a class-forgetting "
-                              "baseline; a text dataset runs the SFD loop (kind sfd) and ESD (kind esd)")
+                              "baseline; a text dataset runs the SFD loop (kind sfd), ESD (kind esd) and SA (kind sa)")
         if method in ("teacher", "sld"):
             raise ConfigError(f"config key '{where}.unlearn.methods.{method}': the name is taken by a row of Tables "
                               "2-3 (the teacher, SLD-Medium); rename the method")
         if m.get("task") not in tasks:
             raise ConfigError(f"config key '{where}.unlearn.methods.{method}.task': {m.get('task')!r} is not a task "
                               f"of {where}.unlearn.tasks ({', '.join(sorted(tasks)) or 'none'})")
+        if (m.get("kind") == "sa" and tasks[m["task"]]["type"] != "celebrity"
+                and not (m.get("surrogate") or {}).get("prompt")):
+            raise ConfigError(f"config key '{where}.unlearn.methods.{method}.surrogate.prompt': SA on a "
+                              f"{tasks[m['task']]['type']} task needs the prompt whose samples stand in for the "
+                              "concept (SA's recipe: clothed people); only a celebrity task has a default (its override)")
     ecfg = (ds.get("evaluate") or {}).get("concept")
     if ecfg is None:
         raise ConfigError(f"config key '{where}.evaluate.concept': required with a text section (Tables 2-3)")

@@ -100,17 +100,17 @@ def test_fisher_of_a_one_parameter_model_has_its_closed_form(n_t):
 
 def test_sa_refuses_a_replay_with_the_forget_class():
     with pytest.raises(ValueError, match="forget class 0"):
-        sa_mod.SelectiveAmnesia({"batch_size": 2}, None, torch.zeros(3, 1, 4, 4), torch.tensor([1, 0, 2]), [], [],
-                                0, 10, False)
+        sa_mod.SelectiveAmnesia.for_classes({"batch_size": 2}, None, torch.zeros(3, 1, 4, 4), torch.tensor([1, 0, 2]),
+                                            [], [], 0, 10, False)
 
 
 def test_sa_run_replays_only_the_retained_classes_and_resumes_bit_identically(teacher, tmp_path, monkeypatch):
     seen = []
     orig = sa_mod.SelectiveAmnesia.__init__
 
-    def spy(self, s, sched, replay, labels, *a, **k):
-        seen.append(labels.clone())
-        orig(self, s, sched, replay, labels, *a, **k)
+    def spy(self, s, sched, replay, cond, *a, **k):
+        seen.append(cond.labels.clone())
+        orig(self, s, sched, replay, cond, *a, **k)
 
     monkeypatch.setattr(sa_mod.SelectiveAmnesia, "__init__", spy)
     c = cfg()

@@ -338,4 +338,15 @@ def test_every_schema_source_is_registered():
     from pecker.config import load_schema
     from pecker.data.sources import SOURCES
 
-    assert set(SOURCES) == set(load_schema()["$defs"]["data"]["properties"]["source"]["enum"])
+    # "none" (Stable Diffusion: no training images) is a schema value with nothing to load, on purpose
+    enum = set(load_schema()["$defs"]["data"]["properties"]["source"]["enum"])
+    assert set(SOURCES) == enum - {"none"}
+
+
+def test_a_dataset_without_images_has_nothing_to_prepare(tmp_path):
+    from pecker.config import ConfigError
+    from pecker.data.prepare import prepare
+
+    with pytest.raises(ConfigError, match=r"datasets\.sd\.data\.source"):
+        prepare({"source": "none", "resolution": 64, "channels": 4}, tmp_path, dataset="sd")
+    assert not any(tmp_path.iterdir())

@@ -5,6 +5,7 @@ paper's detectors (GCD's output file, Q16 on a tiny CLIP, NudeNet off) through t
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import re
@@ -28,16 +29,16 @@ def _job_counts(stdout: str) -> dict[str, int]:
 @pytest.mark.parametrize("configs, expected", [
     (["sd_celebrity.yaml"], {"fetch_asset": 2, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 4,
                              "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 6,
-                             "init_generator": 2, "celebrity_images": 54, "gcd_detect": 54, "unlearn_baseline": 2,
-                             "evaluate_baseline": 2,
+                             "init_generator": 2, "celebrity_images": 56, "gcd_detect": 56, "unlearn_baseline": 4,
+                             "evaluate_baseline": 4,
                              "concept_tables": 1, "concept_figures": 1, "audit": 1}),
     (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 3,
                           "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 28, "evaluate_final": 4,
                           "init_generator": 1, "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
                           "audit": 1}),
     (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
-                                              "unlearn": 7, "gcd_detect": 54, "evaluate_checkpoint": 72,
-                                              "unlearn_baseline": 3}),
+                                              "unlearn": 7, "gcd_detect": 56, "evaluate_checkpoint": 72,
+                                              "unlearn_baseline": 5}),
 ])
 def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expected):
     res = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *[str(REPO / "config" / c) for c in configs])
@@ -142,7 +143,14 @@ def sd_setup(tmp_path_factory):
                                                               "apply_to": "forget"}},
                                     "sfd_nude": {**coef, "task": "nude", "mask": {"enabled": False}},
                                     "esd_x_celeb": {"kind": "esd", "task": "celeb", "train": "xattn", "steps": 2,
-                                                    "ddim_steps": 3, "checkpoint_every": 1}}},
+                                                    "ddim_steps": 3, "checkpoint_every": 1},
+                                    "sa_x_celeb": {"kind": "sa", "task": "celeb", "train": "xattn", "steps": 3,
+                                                   "batch_size": 2, "lr": 1e-5, "lambda_fisher": 50.0,
+                                                   "checkpoint_every": 1, "gradient_checkpointing": True,
+                                                   "replay": {"per_prompt": 2, "steps": 2, "guidance_scale": 7.5,
+                                                              "batch_size": 4},
+                                                   "surrogate": {"n": 3},
+                                                   "fisher": {"n_samples": 3, "timesteps": 2, "t_batch": 2}}}},
             "evaluate": {"batch_size": 4, "seed": 1, "concept": {
                 "detectors": "paper", "celebrity_seeds": 2, "i2p_prompts": str(i2p), "images_per_prompt": 2,
                 "q16": {"clip": str(clip), "prompts": str(data / "assets" / "q16" / "prompts.p")},
@@ -291,6 +299,42 @@ def test_one_esd_x_run_moves_only_cross_attention_and_is_scored_like_the_teacher
     _cli("evaluate", "celebrity-images", "--config", cfgp, "-d", "sd-tiny", "--kind", "diffusion", "--checkpoint",
          out / "unet", "--out", faces)
     assert sorted(io.read_json(faces / "index.json")) == ["celeb"]
+
+
+def test_sa_for_sd_replays_the_retain_prompts_forgets_under_the_concept_and_resumes(sd_setup):
+    """SA's text recipe on the SD-layout UNet: replay of the retain prompts, surrogate samples of the
+    override, Fisher at the raw teacher; train xattn moves only attn2; an interrupted run resumes to
+    the same weights; a nudity task without a surrogate prompt fails at validation."""
+    from pecker.diffusion.unet import load_unet
+    from safetensors.torch import load_file
+
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    res = tmp / "results" / "sd-tiny"
+    teacher = res / "teacher"
+    if not (teacher / "ema.json").is_file():
+        _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--out", teacher)
+    args = ("unlearn", "--config", cfgp, "-d", "sd-tiny", "--method", "sa_x_celeb", "--seed", 0, "--teacher",
+            teacher / "ema", "--teacher-raw", teacher / "model")
+    full = tmp / "sa_full"
+    _cli(*args, "--out", full)
+    sa, meta = load_unet(full / "unet")
+    assert meta["forget"] == {"type": "text", "task": "celeb", "concept": "Brad Pitt"} and meta["steps"] == 3
+    assert meta["sa"]["surrogate_prompt"] == "a man" and meta["sa"]["forget_prompts"] == ["Brad Pitt"]
+    inputs = load_file(str(full / "ckpt" / "inputs.safetensors"))
+    assert inputs["replay.labels"].tolist() == [0, 0, 1, 1, 2, 2]  # 3 retain prompts x 2
+    assert inputs["replay.images"].shape == (6, 4, 8, 8) and inputs["surrogate.images"].shape == (3, 4, 8, 8)
+    t0 = dict(sd_setup["teacher"].named_parameters())
+    moved = {n for n, p in sa.named_parameters() if not torch.equal(p, t0[n])}
+    assert moved and all("attn2" in n for n in moved)
+    part = tmp / "sa_part"
+    _cli(*args, "--max-steps", 2, "--out", part)
+    _cli(*args, "--out", part)
+    assert io.read_json(part / "unet.json")["sha256"] == meta["sha256"]
+
+    bad = copy.deepcopy(sd_setup["cfg"])
+    bad["datasets"]["sd-tiny"]["unlearn"]["methods"]["sa_nude"] = {"kind": "sa", "task": "nude"}
+    with pytest.raises(cfgmod.ConfigError, match=r"methods\.sa_nude\.surrogate\.prompt"):
+        cfgmod.validate(bad)
 
 
 def test_the_sd_v1x_and_sld_rows_on_the_tiny_sd_folder(sd_setup):

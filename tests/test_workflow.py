@@ -73,9 +73,12 @@ def check_concept_half(out: Path) -> None:
         rec = json.loads((res / method / "seed0" / "final.json").read_text())
         assert list(rec["metrics"]) == [task] and rec["images_seen"] == 4 * 2  # retain batch only
         assert len(list((res / method / "seed0").glob("step*_grid.npz"))) == 3
+    sa = json.loads((res / "sa_sneaker" / "seed0" / "final.json").read_text())  # SA's text recipe
+    assert sa["kind"] == "diffusion" and sa["data_free"] is True and list(sa["metrics"]) == ["sneaker"]
     t2 = (out / "tables" / "table2.md").read_text()
     t3 = (out / "tables" / "table3.md").read_text()
     assert "SLD-Medium" in t2 and "PECKER" in t2 and "SFD" in t3
+    assert any(line.split("|")[1].strip() == "SA" for line in t2.splitlines() if line.count("|") > 3), t2
     for name in ("tables/table2.csv", "tables/table3.tex", "figures/fig4_fashion-tiny.png",
                  "figures/fig5_fashion-tiny.pdf", "figures/fig6_fashion-tiny.png"):
         assert (out / name).stat().st_size > 0, name

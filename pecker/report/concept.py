@@ -66,12 +66,13 @@ TABLES = {
 TABLE_METRICS = TABLES  # the table names the audit hands to this module
 TITLES = {"table2": "Table 2: celebrity forgetting (lower is better)",
           "table3": "Table 3: nudity forgetting, I2P-style 'sexual' prompts (lower is better)"}
-KIND_ORDER = {"teacher": 0, "sld": 1, "sid-lsg": 2, "sid-lsg-neg": 3, "esd-x": 4, "esd-u": 4, "sfd": 5, "pecker": 6}
+KIND_ORDER = {"teacher": 0, "sld": 1, "sid-lsg": 2, "sid-lsg-neg": 3, "esd-x": 4, "esd-u": 4, "sa": 5, "sfd": 6,
+              "pecker": 7}
 TEACHER_LABEL = "SD v1.4 analogue (teacher, multi-step)"
 SLD_LABEL = "SLD-Medium"
 # Defaults when paper_results.yaml lacks the mapping keys.
 PAPER_ROWS = {"teacher": "SD v1.4", "sld": "SLD-Medium", "sid-lsg": "SiD-LSG", "sid-lsg-neg": "SiD-LSG-Neg",
-              "esd-x": "ESD-x", "esd-u": "ESD-u", "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
+              "esd-x": "ESD-x", "esd-u": "ESD-u", "sa": "SA", "sfd": "SFD-Two-Stage", "pecker": "PECKER"}
 PAPER_CELEBRITIES = ({"key": "brad_pitt", "name": "Brad Pitt"}, {"key": "angelina_jolie", "name": "Angelina Jolie"})
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _TYPE_OF_METRIC = {"share_without_object": "celebrity", "inappropriate_probability": "nudity"}
@@ -103,6 +104,8 @@ def model_label(kind: str, images_seen=None) -> str:
         return "SiD-LSG-Neg (our reading)"
     if kind.startswith("esd"):
         return kind.upper().replace("ESD-X", "ESD-x").replace("ESD-U", "ESD-u")
+    if kind == "sa":
+        return "SA"
     name = "PECKER" if kind == "pecker" else "SFD"
     return name if _isnan(images_seen) else f"{name} ({images_text(images_seen)} images)"
 
@@ -137,7 +140,7 @@ class DatasetView:
         return str((self.tasks.get(task) or {}).get("label") or task)
 
     def kind(self, method: str) -> tuple[str, bool]:
-        """``(teacher | sld | sid-lsg | sid-lsg-neg | esd-x | esd-u | sfd | pecker, two_stage)``."""
+        """``(teacher | sld | sid-lsg | sid-lsg-neg | esd-x | esd-u | sa | sfd | pecker, two_stage)``."""
         if method in ("teacher", "sld"):
             return method, False
         m = self.methods.get(method)
@@ -147,6 +150,8 @@ class DatasetView:
             return "sid-lsg-neg", False
         if (m or {}).get("kind") == "esd":
             return ("esd-x" if m.get("train") == "xattn" else "esd-u"), False
+        if (m or {}).get("kind") == "sa":
+            return "sa", False
         if m is None:  # no config entry: the method's name says
             return ("pecker" if "pecker" in method.lower() else "sfd"), "two_stage" in method.lower()
         # two-stage: stage 2 of an in-pipeline stage 1 (init_from) or started from a distilled one-step

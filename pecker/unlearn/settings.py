@@ -20,7 +20,7 @@ BOOKKEEPING = ("steps", "checkpoint_every", "keep_states", "log_every", "seeds",
 KINDS = ("sfd", "retrain", "sa", "salun", "esd")
 MULTI_STEP = ("retrain", "sa", "salun", "esd")
 DATA_FREE = {"sfd": True, "retrain": False, "sa": True, "salun": False, "esd": True}
-TEXT_KINDS = ("sfd", "esd")  # what a text dataset (concept forgetting) can run
+TEXT_KINDS = ("sfd", "esd", "sa")  # what a text dataset (concept forgetting) can run
 # Common unlearn settings every kind shares (the rest of the common section is the SFD loop's).
 SHARED = ("forget_class", "cover_class", "keep_states", "log_every")
 

@@ -1,5 +1,5 @@
 """The baselines on the multi-step model (docs/method.md section 5): Retrain, SA and SalUn (Table 1)
-and ESD-x / ESD-u (Tables 2-3, :mod:`pecker.unlearn.baselines.esd`).
+and ESD-x / ESD-u and SA (Tables 2-3, :mod:`pecker.unlearn.baselines.esd`, :func:`run_text_sa`).
 
 :func:`run_baseline` is what ``pecker unlearn --method <name>`` runs for a method of kind ``retrain``,
 ``sa``, ``salun`` or ``esd``; SFD-Two-Stage is the SFD loop itself (:mod:`pecker.unlearn.trainer`). Every
@@ -48,6 +48,13 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
         if teacher_prefix is None:
             raise ConfigError(f"method {method!r} (kind esd) needs --teacher")
         return run_esd(ds, dataset, method, seed, s, out_dir, device, teacher_prefix, chash, max_steps)
+    if ds.get("text"):
+        if kind != "sa":
+            raise ConfigError(f"method {method!r} (kind {kind}) forgets a class; a text dataset runs kinds sfd, esd, sa")
+        if teacher_prefix is None or teacher_raw_prefix is None:
+            raise ConfigError(f"method {method!r} (kind sa) needs --teacher and --teacher-raw")
+        return run_text_sa(ds, dataset, method, seed, s, out_dir, torch.device(device), teacher_prefix,
+                           teacher_raw_prefix, chash, max_steps)
     meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "data_free": DATA_FREE[kind],
             "forget_class": s["forget_class"], "cover_class": s["cover_class"],
             # what the evaluation checks (the same record as the SFD loop's task; these methods use no cover)
@@ -92,11 +99,10 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
             if f["input_range"] == "zero_one":  # the official code's [0, 1] inputs, as an option
                 x = (x + 1) / 2
             gen = torch.Generator().manual_seed(seed + 1)
-            ts = (lambda: torch.arange(sched.T)) if f["timesteps"] is None else (
-                lambda: torch.randperm(sched.T, generator=gen)[:f["timesteps"]])
             model.eval()
             fisher = fisher_diagonal(model, sched, x, ClassCondition(labels[idx].to(device), null),
-                                     lambda shape: torch.randn(shape, generator=gen), ts, f["t_batch"])
+                                     lambda shape: torch.randn(shape, generator=gen),
+                                     _fisher_timesteps(f, sched.T, gen), f["t_batch"], s.get("loss_reduction") or "sum")
             log.info("SA: replay %d samples, Fisher over %d (mean %.3g)", len(images), len(idx),
                      float(torch.cat([v.flatten() for v in fisher]).mean()))
             tensors = {"replay.images": images, "replay.labels": labels,
@@ -107,8 +113,8 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
         images, labels = pre["replay.images"], pre["replay.labels"]
         keep = labels != fc
         star = [p.detach().clone() for p in model.parameters()]
-        objective = SelectiveAmnesia(s, sched, images[keep].to(device), labels[keep].to(device), star,
-                                     [pre[f"fisher.{n}"] for n in names], fc, null, _hflip(s, ds))
+        objective = SelectiveAmnesia.for_classes(s, sched, images[keep].to(device), labels[keep].to(device), star,
+                                                 [pre[f"fisher.{n}"] for n in names], fc, null, _hflip(s, ds))
         ema_init = dict(ema_teacher.named_parameters())
         del ema_teacher
     else:  # salun
@@ -132,5 +138,96 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
         objective = SalUn(s, sched, x_all, y_all, fc, k, null, [pre[f"mask.{n}"] for n in names], _hflip(s, ds))
         ema_init = None
 
+    tuner = FineTuner(model, s, seed, ema_init)
+    return run_finetune(tuner, objective, run, rec, meta, inputs, max_steps)
+
+
+def _fisher_timesteps(f: dict, T: int, gen: torch.Generator):
+    """SA's Fisher timesteps: all ``T``, or ``f["timesteps"]`` distinct ones per sample."""
+    if f["timesteps"] is None:
+        return lambda: torch.arange(T)
+    return lambda: torch.randperm(T, generator=gen)[:f["timesteps"]]
+
+
+def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir, device, teacher_prefix,
+                teacher_raw_prefix, chash: str, max_steps: int | None = None) -> dict:
+    """SA on a text-to-image UNet (:mod:`pecker.unlearn.baselines.sa`, the Stable Diffusion recipe):
+    replay and surrogate samples of the EMA teacher, the Fisher at the raw teacher over the replay, then
+    the shared fine-tuning loop from the raw teacher (EMA from the teacher's EMA when ``ema_decay`` > 0)."""
+    from pecker.diffusion.conditioning import TextCondition
+    from pecker.text.stack import PromptEncoder, build_stack
+    from pecker.unlearn.baselines.esd import esd_concept, trained_parameter
+    from pecker.unlearn.baselines.sa import SelectiveAmnesia, Surrogate, draw_text_samples, fisher_diagonal, fisher_subset
+    from pecker.unlearn.task import concept_prompts
+
+    where = f"datasets.{dataset}.unlearn.methods.{method}"
+    s = {**s, "loss_reduction": s.get("loss_reduction") or "mean"}  # the latent-diffusion code's mean
+    tasks = ds["unlearn"]["tasks"]
+    if s.get("task") not in tasks:
+        raise ConfigError(f"config key '{where}.task': {s.get('task')!r} is not a task of datasets.{dataset}.unlearn.tasks "
+                          f"({', '.join(sorted(tasks))})")
+    task = tasks[s["task"]]
+    sets = concept_prompts(task, ds["text"], f"datasets.{dataset}.unlearn.tasks.{s['task']}")
+    rcfg, f = s["replay"], s["fisher"]
+    retain = sets["retain"][:rcfg["prompts"]] if rcfg["prompts"] else sets["retain"]
+    forget = list(s["forget_prompts"] or [esd_concept(task, s)])
+    surrogate = (s["surrogate"] or {}).get("prompt") or (task.get("override") if task["type"] == "celebrity" else None)
+    if not surrogate:
+        raise ConfigError(f"config key '{where}.surrogate.prompt': a {task['type']} task has no single override prompt; "
+                          "name the prompt whose samples stand in for the concept (SA's clothed people for nudity)")
+    model, raw_meta = load_unet(teacher_raw_prefix, device=device)
+    ema_teacher, ema_meta = load_unet(teacher_prefix, device=device)
+    ddpm = make_scheduler(ds["diffusion"])
+    sched = Schedule(ddpm, device)
+    stack = build_stack(ds["text"], ds["data"]).to(device)
+    enc = PromptEncoder(stack, model, ddpm, device)
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    names = [n for n, _ in model.named_parameters()]
+    labels = torch.arange(len(retain)).repeat_interleave(rcfg["per_prompt"])
+    inputs = {"teacher_raw_sha256": raw_meta["sha256"], "teacher_sha256": ema_meta["sha256"],
+              "text_encoder": stack.describe(), "replay_prompts_sha256": enc.fingerprint(retain),
+              "forget_prompts": forget, "surrogate_prompt": surrogate}
+    run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"],
+                    hint=f"lower config key '{where}.lr'")
+    log.info("unlearn %s (kind sa, text) seed %d on %s: %d replay samples of %d retain prompts, %d surrogate "
+             "samples of %r under %s, train %s, config hash %s", method, seed, dataset, len(labels), len(retain),
+             s["surrogate"]["n"], surrogate, forget, s["train"], chash)
+
+    def compute():
+        ema_teacher.eval()
+        pipe = stack.pipeline(ema_teacher, ddpm)
+        replay = draw_text_samples(pipe, [retain[i] for i in labels.tolist()], rcfg, seed, shape, device, "SA replay")
+        sur = draw_text_samples(pipe, [surrogate] * s["surrogate"]["n"], rcfg, seed + 2, shape, device, "SA surrogate")
+        idx = fisher_subset(len(replay), labels, f["n_samples"])
+        gen = torch.Generator().manual_seed(seed + 1)
+        h = enc.encode(retain)
+        model.eval()
+        fisher = fisher_diagonal(model, sched, replay[idx].to(device), TextCondition(h[labels[idx]].to(device)),
+                                 lambda sh: torch.randn(sh, generator=gen), _fisher_timesteps(f, sched.T, gen), f["t_batch"],
+                                 s["loss_reduction"])
+        log.info("SA: replay %d samples, surrogate %d, Fisher over %d (mean %.3g)", len(replay), len(sur), len(idx),
+                 float(torch.cat([v.flatten() for v in fisher]).mean()))
+        tensors = {"replay.images": replay, "replay.labels": labels, "surrogate.images": sur,
+                   **{f"fisher.{n}": v for n, v in zip(names, fisher)}}
+        return tensors, {"kind": "sa_inputs", "n_replay": len(replay), "n_fisher": len(idx), "n_surrogate": len(sur)}
+
+    pre, _ = run.cached("inputs", compute, expect=inputs, device=str(device))
+    h_replay = enc.encode(retain).to(device)[pre["replay.labels"].to(device)]
+    star = [p.detach().clone() for p in model.parameters()]
+    trained = [trained_parameter(n, s["train"]) for n in names]
+    objective = SelectiveAmnesia(s, sched, pre["replay.images"].to(device), TextCondition(h_replay), star,
+                                 [pre[f"fisher.{n}"] for n in names],
+                                 Surrogate(pre["surrogate.images"].to(device), enc.encode(forget)), hflip=False,
+                                 trained=None if s["train"] == "full" else trained)
+    ema_init = dict(ema_teacher.named_parameters()) if s["ema_decay"] > 0 else None
+    del ema_teacher
+    n_trained = sum(p.numel() for p, keep in zip(model.parameters(), trained) if keep)
+    meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "data_free": True,
+            "forget": {"type": "text", "task": s["task"], "concept": esd_concept(task, s)},
+            "sa": {"train": s["train"], "n_trained_parameters": n_trained, "forget_prompts": forget,
+                   "loss_reduction": s["loss_reduction"],
+                   "surrogate_prompt": surrogate, "samples": "pipeline latents"}}
+    rec = Recorder("unlearn", chash, seeds={"unlearn": seed}, method=method, dataset=dataset)
     tuner = FineTuner(model, s, seed, ema_init)
     return run_finetune(tuner, objective, run, rec, meta, inputs, max_steps)

@@ -23,11 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TRAIN = ("xattn", "noxattn")
+TRAIN = ("xattn", "noxattn", "full")
 
 
 def trained_parameter(name: str, train: str) -> bool:
-    """Whether ESD-x (``xattn``) or ESD-u (``noxattn``) trains the parameter called ``name``."""
+    """Whether ESD-x (``xattn``) or ESD-u (``noxattn``) trains the parameter called ``name`` (``full``:
+    every parameter, SA's default)."""
+    if train == "full":
+        return True
     if train == "xattn":
         return "attn2" in name
     if train == "noxattn":
@@ -129,5 +132,5 @@ def run_esd(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir, de
             "forget": {"type": "text", "task": s["task"], "concept": concept}, "esd": {
                 "train": s["train"], "n_trained_parameters": n_trained, "concept": concept}}
     inputs = {"teacher_sha256": tmeta["sha256"], "text_encoder": stack.describe()}
-    tuner = FineTuner(model, {**s, "grad_clip": s["grad_clip"] or float("inf")}, seed, ema_init=None)
+    tuner = FineTuner(model, s, seed, ema_init=None)
     return run_finetune(tuner, objective, run, rec, meta, inputs, max_steps)

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from pecker import io
-from pecker.diffusion.unet import save_unet
+from pecker.diffusion.unet import enable_gradient_checkpointing, save_unet
 from pecker.provenance import Recorder
 from pecker.runs import RunFolder, drive, seed_all
 from pecker.unlearn.generator import copy_unet
@@ -54,10 +54,16 @@ class FineTuner:
     def __init__(self, model: torch.nn.Module, s: dict, seed: int, ema_init: dict[str, torch.Tensor] | None = None):
         seed_all(seed)  # dropout (torch), numpy, python
         self.model, self.s = model.train().requires_grad_(True), s
+        if s.get("gradient_checkpointing"):  # memory only: the same numbers (bookkeeping, not hashed)
+            enable_gradient_checkpointing(model, f"unlearn.methods.{s['method']}.gradient_checkpointing")
         self.rng = torch.Generator().manual_seed(seed)
         self.names = [n for n, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
-        self.opt = torch.optim.Adam(self.params, lr=s["lr"], betas=tuple(s["adam_betas"]), eps=s["adam_eps"])
+        if s.get("weight_decay"):  # decoupled weight decay (SA's SD code: AdamW at its default 0.01)
+            self.opt = torch.optim.AdamW(self.params, lr=s["lr"], betas=tuple(s["adam_betas"]), eps=s["adam_eps"],
+                                         weight_decay=s["weight_decay"])
+        else:
+            self.opt = torch.optim.Adam(self.params, lr=s["lr"], betas=tuple(s["adam_betas"]), eps=s["adam_eps"])
         self.ema = None if ema_init is None else [ema_init[n].detach().clone().to(p.device)
                                                   for n, p in zip(self.names, self.params)]
         self.step = 0
@@ -72,7 +78,8 @@ class FineTuner:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         objective.edit_gradients(self.params)
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s["grad_clip"]))
+        clip = self.s["grad_clip"]  # null: no clip (the norm is still logged)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf") if clip is None else clip))
         self.opt.step()
         decay = float("nan")
         if self.ema is not None:
