@@ -86,7 +86,7 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
              dataset, f"{n_params(model):,}", device, chash)
 
     if kind == "sa":
-        from pecker.unlearn.baselines.sa import SelectiveAmnesia, draw_replay, fisher_diagonal, fisher_subset
+        from pecker.unlearn.baselines.sa import SelectiveAmnesia, draw_replay, fisher_diagonal, fisher_subset, tensor_mean
 
         ema_teacher, ema_meta = load_unet(teacher_prefix, device=device)
         inputs["teacher_sha256"] = ema_meta["sha256"]
@@ -103,8 +103,7 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
             fisher = fisher_diagonal(model, sched, x, ClassCondition(labels[idx].to(device), null),
                                      lambda shape: torch.randn(shape, generator=gen),
                                      _fisher_timesteps(f, sched.T, gen), f["t_batch"], s.get("loss_reduction") or "sum")
-            log.info("SA: replay %d samples, Fisher over %d (mean %.3g)", len(images), len(idx),
-                     float(torch.cat([v.flatten() for v in fisher]).mean()))
+            log.info("SA: replay %d samples, Fisher over %d (mean %.3g)", len(images), len(idx), tensor_mean(fisher))
             tensors = {"replay.images": images, "replay.labels": labels,
                        **{f"fisher.{n}": v for n, v in zip(names, fisher)}}
             return tensors, {"kind": "sa_inputs", "n_replay": len(images), "n_fisher": len(idx)}
@@ -157,24 +156,18 @@ def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir
     from pecker.diffusion.conditioning import TextCondition
     from pecker.text.stack import PromptEncoder, build_stack
     from pecker.unlearn.baselines.esd import esd_concept, trained_parameter
-    from pecker.unlearn.baselines.sa import SelectiveAmnesia, Surrogate, draw_text_samples, fisher_diagonal, fisher_subset
+    from pecker.unlearn.baselines.sa import (SelectiveAmnesia, Surrogate, draw_text_samples, fisher_diagonal,
+                                             fisher_subset, tensor_mean)
     from pecker.unlearn.task import concept_prompts
 
     where = f"datasets.{dataset}.unlearn.methods.{method}"
     s = {**s, "loss_reduction": s.get("loss_reduction") or "mean"}  # the latent-diffusion code's mean
-    tasks = ds["unlearn"]["tasks"]
-    if s.get("task") not in tasks:
-        raise ConfigError(f"config key '{where}.task': {s.get('task')!r} is not a task of datasets.{dataset}.unlearn.tasks "
-                          f"({', '.join(sorted(tasks))})")
-    task = tasks[s["task"]]
+    task = ds["unlearn"]["tasks"][s["task"]]  # the config check (pecker.config) named a task and a surrogate
     sets = concept_prompts(task, ds["text"], f"datasets.{dataset}.unlearn.tasks.{s['task']}")
     rcfg, f = s["replay"], s["fisher"]
     retain = sets["retain"][:rcfg["prompts"]] if rcfg["prompts"] else sets["retain"]
     forget = list(s["forget_prompts"] or [esd_concept(task, s)])
-    surrogate = (s["surrogate"] or {}).get("prompt") or (task.get("override") if task["type"] == "celebrity" else None)
-    if not surrogate:
-        raise ConfigError(f"config key '{where}.surrogate.prompt': a {task['type']} task has no single override prompt; "
-                          "name the prompt whose samples stand in for the concept (SA's clothed people for nudity)")
+    surrogate = s["surrogate"]["prompt"] or task["override"]
     model, raw_meta = load_unet(teacher_raw_prefix, device=device)
     ema_teacher, ema_meta = load_unet(teacher_prefix, device=device)
     ddpm = make_scheduler(ds["diffusion"])
@@ -207,7 +200,7 @@ def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir
                                  lambda sh: torch.randn(sh, generator=gen), _fisher_timesteps(f, sched.T, gen), f["t_batch"],
                                  s["loss_reduction"])
         log.info("SA: replay %d samples, surrogate %d, Fisher over %d (mean %.3g)", len(replay), len(sur), len(idx),
-                 float(torch.cat([v.flatten() for v in fisher]).mean()))
+                 tensor_mean(fisher))
         tensors = {"replay.images": replay, "replay.labels": labels, "surrogate.images": sur,
                    **{f"fisher.{n}": v for n, v in zip(names, fisher)}}
         return tensors, {"kind": "sa_inputs", "n_replay": len(replay), "n_fisher": len(idx), "n_surrogate": len(sur)}
