@@ -29,6 +29,8 @@ VARIANTS = {
     "bfloat16": "{autocast: bfloat16}",
     "channels_last": "{autocast: float32, channels_last: true}",
     "bfloat16_channels_last": "{autocast: bfloat16, channels_last: true}",
+    "bfloat16_weights": "{weights: bfloat16}",
+    "float16_weights": "{weights: float16}",
 }
 
 

@@ -1,7 +1,8 @@
 """Seconds per iteration and peak memory of the SD form of SFD and PECKER over per-GPU batches, with
 and without gradient checkpointing (docs/method.md section 3; README "Running on a SLURM cluster").
 
-    python benchmarks/sd_step.py [--batches 2 4 8] [--iters 3] [--warmup 1] [--autocast bfloat16] [--accumulate K]
+    python benchmarks/sd_step.py [--batches 2 4 8] [--iters 3] [--warmup 1] [--accumulate K]
+                                 [--autocast bfloat16 | --weights float16]
                                  [--network sd|sd-small] [--variants sfd pecker] [--json out.json]
 
 The network is a randomly initialised Stable Diffusion v1.x-layout UNet2DConditionModel (``sd``:
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--autocast", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--weights", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="unlearn.precision.weights: pure low-precision weights (the official SD code: float16)")
     ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per iteration (unlearn.accumulate)")
     ap.add_argument("--network", choices=["sd", "sd-small"], default=None, help="default: sd on CUDA, else sd-small")
     ap.add_argument("--variants", nargs="+", choices=["sfd", "pecker"], default=["sfd", "pecker"])
@@ -49,7 +52,7 @@ def main() -> None:
             for var in args.variants:
                 cmd = [sys.executable, str(HERE / "unlearn_step.py"), "--one", network, var, "--paper-batch", str(batch),
                        "--paper-iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                       "--autocast", args.autocast, "--accumulate", str(args.accumulate),
+                       "--autocast", args.autocast, "--weights", args.weights, "--accumulate", str(args.accumulate),
                        *(["--checkpointing"] if ckpt else [])]
                 row = run_child(cmd, f"{network} batch {batch} checkpointing {ckpt} {var}", allow_oom=True)
                 rows.append(row or {"network": network, "variant": var, "batch": batch, "checkpointing": ckpt, "oom": True})
@@ -61,7 +64,7 @@ def main() -> None:
     r0 = done[0] if done else {"device": "?", "params": 0}
     mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
     print(f"network {network} ({r0['params'] / 1e6:.1f}M parameters), device {r0['device']}"
-          f"{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, autocast {args.autocast}, micro-batches {args.accumulate}, "
+          f"{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, autocast {args.autocast}, weights {args.weights}, micro-batches {args.accumulate}, "
           f"mean of {args.iters} iterations after {args.warmup} warm-up")
     print(f"{'batch':>5} {'ckpt':>5} {'variant':8} {'s/iter':>8} {'mask s':>7} {mem_key:>12}")
     for r in rows:

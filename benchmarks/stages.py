@@ -13,15 +13,25 @@ bound is what the unit cannot avoid doing, timed the same way in the same proces
 | teacher          | step     | ``train_teacher``'s own ``sec_per_step`` log | forward + MSE + backward + Adam, same net  |
 | classifier       | batch    | ``train_classifier``, one epoch              | forward + CE + backward + Adam per batch   |
 | inception        | image    | the extractor's ``features`` (resize incl.)  | the network alone on 299 px float input    |
-| evaluate         | image    | ``evaluate_model`` of a final generator, per | one ``features`` pass per Inception image  |
-|                  |          | image that goes through Inception            |                                            |
+| evaluate         | image    | the final-generator evaluation (class:       | one ``features`` pass per Inception image  |
+|                  |          | ``evaluate_model``; text: ``evaluate_prefix``|                                            |
+|                  |          | of a step-0 generator), per Inception image  |                                            |
 | sample_teacher   | image    | ``sample_batch`` (DDIM, config's steps)      | the UNet forwards it makes, bare           |
 | unlearn_sfd      | iter     | ``Unlearner.train_step``                     | the network passes of an SFD iteration     |
 | unlearn_pecker   | iter     | ``Unlearner.train_step`` (mask every step)   | the same plus the saliency fwd + bwd       |
 
 The bare SFD iteration: generator forward (no grad, B + Bf), fake-score forward + backward + Adam on
 those samples, generator forward with grad, teacher and fake-score forwards on the noised samples,
-one backward to the generator's parameters, Adam. Ratios above 1 are the loop's own overhead.
+one backward to the generator's parameters, Adam, all at the task's own conditions (so with the
+guided score calls of a text task, two network passes each). Ratios above 1 are the loop's own
+overhead.
+
+A text (concept) dataset, e.g. ``--dataset fashion``, runs the same stages on its text-conditioned
+UNet (random text states of the encoder's shape in the bare steps; the caption encoding is part of
+the teacher loop's measured time) and its first ``sfd_*`` / ``pecker_*`` methods; its evaluation is
+the concept one (task prompts, classifier, retained-prompt FID, attribute checks). Its teacher
+samples are drawn through the diffusers pipeline inside the evaluation, so ``sample_teacher`` is not
+a stage there; ESD and SA (under a second apiece per step) are not timed.
 
 Each stage runs in its own process (its own thread count, its peak RSS its own) on a scratch folder
 that the data stage fills; run it alone on idle cores. No network is needed.
@@ -62,24 +72,38 @@ def _row(stage: str, unit: str, measured: float, bound: float | None, note: str)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+TEXT_STAGES = tuple(st for st in STAGES if st != "sample_teacher")
+
+
 def _cfg(args):
     from pecker import config as C
 
     cfg = C.resolve([ROOT / p for p in args.config], args.set or [])
-    ds = C.dataset_config(cfg, args.dataset)
-    if ds.get("text"):  # the stages below drive the class-conditional loops; the text path is not timed yet
-        raise SystemExit(f"benchmarks/stages.py: datasets.{args.dataset} is a text (concept) dataset; "
-                         "only class-conditional datasets are benchmarked so far (e.g. --dataset mnist)")
-    return cfg, ds
+    return cfg, C.dataset_config(cfg, args.dataset)
 
 
-def _condition(model, n: int, num_classes: int):
+def _condition(model, n: int, ds: dict):
+    """A batch of ``n`` conditions for ``model``: random class labels, or (a text dataset) random text
+    states of the encoder's shape ``(n, max_length, cross_attention_dim)``."""
     import torch
 
-    from pecker.diffusion.conditioning import ClassCondition
+    from pecker.diffusion.conditioning import ClassCondition, TextCondition
     from pecker.diffusion.unet import null_label
 
-    return ClassCondition(torch.randint(0, num_classes, (n,)), null_label(model))
+    if ds.get("text"):
+        return TextCondition(torch.randn(n, ds["text"]["max_length"], model.config.cross_attention_dim))
+    return ClassCondition(torch.randint(0, ds["data"]["num_classes"], (n,)), null_label(model))
+
+
+def _method(ds: dict, base: str) -> str:
+    """``base`` (sfd / pecker) when the dataset has that method, else its first ``base_<task>`` one."""
+    methods = ds["unlearn"]["methods"]
+    if base in methods:
+        return base
+    found = [m for m in methods if m.startswith(f"{base}_")]
+    if not found:
+        raise SystemExit(f"datasets.*.unlearn.methods has neither {base!r} nor a {base}_<task> method")
+    return found[0]
 
 
 def _bare_teacher_step(model, opt, x, t, eps, cond, sched):
@@ -126,7 +150,7 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     sched = Schedule(make_scheduler(ds["diffusion"]), "cpu")
     b, d = tcfg["batch_size"], ds["data"]
     x = torch.randn(b, d["channels"], d["resolution"], d["resolution"])
-    cond = _condition(model, b, d["num_classes"])
+    cond = _condition(model, b, ds)
     bare = _timeit(lambda: _bare_teacher_step(model, opt, x, torch.randint(0, sched.T, (b,)), torch.randn_like(x),
                                               cond, sched), args.reps, 2)
     return _row("teacher", "step", measured, bare, f"batch {b}; loop mean of log windows 2-{len(rows)} "
@@ -192,8 +216,51 @@ def stage_inception(args, ds, scratch: Path) -> dict:
     return _row("inception", "image", measured, bare, f"{ext.name}, batch {bs}, {d['resolution']} px -> 299 px")
 
 
-def stage_evaluate(args, ds, scratch: Path) -> dict:
+def _inception_pass(ds, ext, n: int) -> float:
+    """Seconds per image of one ``features`` pass over ``n`` images of the dataset's shape."""
     import numpy as np
+
+    d, bs = ds["data"], ds["evaluate"]["batch_size"]
+    imgs = np.zeros((n, d["resolution"], d["resolution"], d["channels"]), np.uint8)
+    t0 = time.perf_counter()
+    ext.features(imgs, batch_size=bs)
+    return (time.perf_counter() - t0) / n
+
+
+def _evaluate_text(args, ds, scratch: Path) -> dict:
+    """The concept evaluation of a final generator (step 0 of the first sfd method: the teacher's copy,
+    as its cost does not depend on the weights), per retained-prompt image that goes through Inception."""
+    import torch
+
+    from pecker.diffusion.unet import build_unet, save_unet
+    from pecker.evaluate import fidelity
+    from pecker.evaluate.concept_run import evaluate_prefix, fid_classes
+    from pecker.evaluate.run import reference_images
+    from pecker.unlearn.trainer import run_unlearning
+
+    torch.manual_seed(0)
+    save_unet(scratch / "text_teacher", build_unet(ds["unet"], ds["data"]), {"kind": "teacher"})
+    method = _method(ds, "sfd")
+    run_unlearning(args.cfg, args.dataset, method, 0, scratch / "text_teacher", scratch / "gen", init_only=True)
+    ecfg, ccfg = ds["evaluate"], ds["evaluate"]["concept"]
+    keep = fid_classes(ds)
+    ext = _extractor(ds)
+    cache = scratch / "reference.npz"
+    ref, _ = reference_images(scratch / "data", keep, ecfg["reference_max_per_class"])
+    fidelity.reference_features(ref, ext, cache, batch_size=ecfg["batch_size"])  # cached, as in the DAG
+    t0 = time.perf_counter()
+    evaluate_prefix(ds, args.dataset, "generator", scratch / "gen" / "generator_ema",
+                    classifier_prefix=scratch / "classifier", data_dir=scratch / "data", results_dir=scratch,
+                    device=torch.device("cpu"), final=True, reference_cache=cache)
+    dt = time.perf_counter() - t0
+    n_inc = ccfg["fid_per_class"] * len(keep)
+    one_pass = _inception_pass(ds, ext, min(n_inc, 2 * ecfg["batch_size"]))
+    return _row("evaluate", "image", dt / n_inc, one_pass,
+                f"final generator of {method}: task prompts, {n_inc} retained-prompt images for FID, attribute "
+                f"checks in {dt:.1f} s (reference features cached)")
+
+
+def stage_evaluate(args, ds, scratch: Path) -> dict:
     import torch
 
     from pecker.diffusion.schedule import Schedule, make_scheduler
@@ -204,6 +271,8 @@ def stage_evaluate(args, ds, scratch: Path) -> dict:
 
     if not (scratch / "classifier.json").is_file():
         sys.exit("evaluate needs the classifier stage's model: run it first (same --scratch)")
+    if ds.get("text"):
+        return _evaluate_text(args, ds, scratch)
     torch.manual_seed(0)
     unet = build_unet(ds["unet"], ds["data"])
     gen = OneStepGenerator(unet, Schedule(make_scheduler(ds["diffusion"]), "cpu"), ds["unlearn"]["t_init"])
@@ -221,11 +290,7 @@ def stage_evaluate(args, ds, scratch: Path) -> dict:
                    results_dir=scratch, device=torch.device("cpu"), final=True, reference_cache=cache)
     dt = time.perf_counter() - t0
     n_inc = ecfg["per_class"] * len(keep)
-    n_pass = min(n_inc, 2 * ecfg["batch_size"])  # the pass's cost per image, on fewer images
-    imgs = np.zeros((n_pass, ds["data"]["resolution"], ds["data"]["resolution"], ds["data"]["channels"]), np.uint8)
-    t0 = time.perf_counter()
-    ext.features(imgs, batch_size=ecfg["batch_size"])
-    one_pass = (time.perf_counter() - t0) / n_pass
+    one_pass = _inception_pass(ds, ext, min(n_inc, 2 * ecfg["batch_size"]))  # per image, on fewer images
     return _row("evaluate", "image", dt / n_inc, one_pass,
                 f"final generator: {n_inc} retained + {ecfg['n_forget']} forget samples in {dt:.1f} s "
                 "(reference features cached)")
@@ -252,6 +317,9 @@ def stage_sample_teacher(args, ds, scratch: Path) -> dict:
     from pecker.diffusion.schedule import make_scheduler
     from pecker.diffusion.unet import build_unet
 
+    if ds.get("text"):
+        sys.exit("sample_teacher: a text dataset's teacher samples through the diffusers pipeline inside the "
+                 "evaluation stage (not a stage of its own)")
     torch.manual_seed(0)
     unet = build_unet(ds["unet"], ds["data"]).eval()
     ddpm = make_scheduler(ds["diffusion"])
@@ -263,7 +331,7 @@ def stage_sample_teacher(args, ds, scratch: Path) -> dict:
     calls = _forward_profile(unet, run)
     measured = _timeit(run, max(args.reps // 2, 1)) / n
     z = torch.randn(calls[0][0], d["channels"], d["resolution"], d["resolution"])
-    cond = _condition(unet, len(z), d["num_classes"])
+    cond = _condition(unet, len(z), ds)
     t = torch.full((len(z),), 500)
     with torch.no_grad():
         one = _timeit(lambda: cond.call(unet, z, t), args.reps)
@@ -271,28 +339,32 @@ def stage_sample_teacher(args, ds, scratch: Path) -> dict:
                 f"{s['sampler']}-{s['steps']}, batch {n}: {len(calls)} UNet calls of batch {calls[0][0]}")
 
 
-def stage_unlearn(args, ds, scratch: Path, method: str) -> dict:
+def stage_unlearn(args, ds, scratch: Path, base: str) -> dict:
     import torch
 
-    from pecker.diffusion.schedule import x0_pred
+    from pecker.diffusion.conditioning import cat
+    from pecker.diffusion.schedule import eps_pred, x0_pred
     from pecker.diffusion.unet import build_unet
     from pecker.unlearn.settings import method_settings
-    from pecker.unlearn.trainer import Unlearner, class_task
+    from pecker.unlearn.trainer import Unlearner, make_task
 
+    method = _method(ds, base)
     s = method_settings(ds["unlearn"], method, args.dataset)
     if s["mask"]["enabled"]:
         s = {**s, "mask": {**s["mask"], "refresh": "every_step"}}
     torch.manual_seed(0)
     teacher = build_unet(ds["unet"], ds["data"])
-    unl = Unlearner(teacher, ds["diffusion"], s, class_task(s, ds["data"]["num_classes"], teacher, "cpu"), 0, "cpu")
+    task, _ = make_task(s, ds, teacher, "cpu", f"datasets.{args.dataset}.unlearn")
+    unl = Unlearner(teacher, ds["diffusion"], s, task, 0, "cpu")
     measured = _timeit(unl.train_step, args.reps, 1)
 
-    gen, psi, sched, k = unl.gen, unl.psi, unl.sched, ds["data"]["num_classes"]
+    gen, psi, sched = unl.gen, unl.psi, unl.sched
     n, nf = s["batch_size"] + s["forget_batch_size"], s["forget_batch_size"]
     adam = dict(betas=tuple(s["adam_betas"]), eps=s["adam_eps"])
     opt_g = torch.optim.Adam(gen.unet.parameters(), lr=s["lr_theta"], **adam)
     opt_p = torch.optim.Adam(psi.parameters(), lr=s["lr_psi"], **adam)
-    cond = _condition(gen.unet, n, k)
+    c_r, c_f, _ = unl.draw_conditions()  # the task's own conditions (and guidance), drawn once
+    cond = cat([c_r, c_f])
     noise = lambda m: torch.randn(m, *gen.image_shape)  # noqa: E731
     tt = lambda m: torch.randint(s["t_min"], s["t_max"], (m,))  # noqa: E731
 
@@ -306,7 +378,7 @@ def stage_unlearn(args, ds, scratch: Path, method: str) -> dict:
         opt_p.step()
         if s["mask"]["enabled"]:  # saliency: gradient of the generator's denoising loss on forget samples
             t_f, e_f = tt(nf), noise(nf)
-            sal = (gen.unet(sched.noise(x[:nf], t_f, e_f), t_f, class_labels=cond.labels[:nf]).sample - e_f)
+            sal = eps_pred(gen.unet, sched.noise(x[n - nf:], t_f, e_f), t_f, c_f) - e_f
             torch.autograd.grad(sal.square().mean(), list(gen.unet.parameters()))
         psi.eval().requires_grad_(False)
         x = gen(noise(n), cond)
@@ -318,8 +390,8 @@ def stage_unlearn(args, ds, scratch: Path, method: str) -> dict:
         opt_g.step()
 
     bound = _timeit(bare, args.reps, 1)
-    return _row(f"unlearn_{method}", "iter", measured, bound,
-                f"batch {s['batch_size']}+{nf}" + (", mask every step" if s["mask"]["enabled"] else ""))
+    return _row(f"unlearn_{base}", "iter", measured, bound,
+                f"{method}, batch {s['batch_size']}+{nf}" + (", mask every step" if s["mask"]["enabled"] else ""))
 
 
 RUN = {"data": stage_data, "teacher": stage_teacher, "classifier": stage_classifier, "inception": stage_inception,
@@ -333,7 +405,8 @@ def main() -> None:
     ap.add_argument("--config", nargs="+", default=["config/config.yaml"])
     ap.add_argument("--set", nargs="*", help="config overrides key=value")
     ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=None,
+                    help="default: every stage of the dataset's kind (a text dataset has no sample_teacher)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=6, help="timed repetitions per bound (loops: see each stage)")
     ap.add_argument("--teacher-steps", type=int, default=60)
@@ -346,10 +419,12 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        _, ds = _cfg(args)
+        args.cfg, ds = _cfg(args)
         print(json.dumps(RUN[args.one](args, ds, args.scratch)))
         return
 
+    if args.stages is None:
+        args.stages = list(TEXT_STAGES if _cfg(args)[1].get("text") else STAGES)
     with tempfile.TemporaryDirectory(prefix="pecker-stages-") as tmp:
         scratch = args.scratch or Path(tmp)
         stages = list(args.stages)

@@ -3,7 +3,7 @@
     python benchmarks/unlearn_step.py [--iters 3] [--paper-iters 2] [--paper-batch 4] [--skip-paper]
                                       [--networks embedded cifar10 cifar10-ddpm sd sd-small]
                                       [--variants sfd pecker ...] [--autocast bfloat16] [--channels-last]
-                                      [--checkpointing] [--accumulate K]
+                                      [--weights float16] [--checkpointing] [--accumulate K]
 
 Networks: the embedded one (config/config.yaml, batch from its unlearn block), the CIFAR-10 paper
 network (config/cifar10.yaml: diffusers UNet2DModel) and the published teachers' network on CIFAR-10
@@ -14,8 +14,8 @@ of config/config.yaml's fashion dataset): ``sd``, a Stable Diffusion v1.x-layout
 (block_out_channels 320/640/1280/1280, 2 layers per block, cross-attention 768, latent 4x64x64,
 859.5M parameters) on random (B, 77, 768) text states, and ``sd-small``, the same layout at 1/10 of
 the width on a 4x16x16 latent, for CPUs (benchmarks/sd_step.py runs them over batches).
-``--autocast``, ``--channels-last``, ``--checkpointing`` and ``--accumulate`` set the loop's
-precision, gradient checkpointing and micro-batches (README "Configuration").
+``--autocast``, ``--channels-last``, ``--weights`` (pure low-precision weights, the official SD
+code's float16), ``--checkpointing`` and ``--accumulate`` set the loop's precision, gradient checkpointing and micro-batches (README "Configuration").
 Variants: sfd; pecker with the mask recomputed every step (the paper's Algorithm 1), once at step 0,
 and every K steps (K = the number of timed iterations, so exactly one refresh falls in the timed
 window and the mean is the amortised cost). Each (network, variant) runs in its own process so the
@@ -71,7 +71,7 @@ def text_task(s: dict, width: int, device):
 
 def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: int, threads: int,
             autocast: str = "float32", channels_last: bool = False, checkpointing: bool = False,
-            accumulate: int = 1) -> dict:
+            accumulate: int = 1, weights: str = "float32") -> dict:
     import torch
 
     from pecker import config as C
@@ -84,7 +84,7 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     paths, ds_name, extra = (["config/config.yaml"], "fashion", []) if text else NETWORKS[network]
     pre = f"datasets.{ds_name}.unlearn"
     over = [*extra, f"{pre}.forget_batch_size=null", f"{pre}.precision.autocast={autocast}",
-            f"{pre}.precision.channels_last={str(channels_last).lower()}",
+            f"{pre}.precision.channels_last={str(channels_last).lower()}", f"{pre}.precision.weights={weights}",
             f"{pre}.gradient_checkpointing={str(checkpointing).lower()}", f"{pre}.accumulate={accumulate}"]
     if batch:
         over.append(f"{pre}.batch_size={batch}")
@@ -126,7 +126,8 @@ def run_one(network: str, variant: str, batch: int | None, iters: int, warmup: i
     out = {
         "network": network, "variant": variant, "params": n_params(teacher), "batch": s["batch_size"],
         "forget_batch": s["forget_batch_size"], "device": str(device), "threads": threads,
-        "autocast": autocast, "channels_last": channels_last, "checkpointing": checkpointing, "accumulate": accumulate,
+        "autocast": autocast, "channels_last": channels_last, "weights": weights, "checkpointing": checkpointing,
+        "accumulate": accumulate,
         "sec_per_iter": statistics.mean(times), "sec_min": min(times), "refreshes_timed": refreshed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -157,6 +158,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--autocast", choices=["float32", "bfloat16"], default="float32", help="unlearn.precision.autocast")
     ap.add_argument("--channels-last", action="store_true", help="unlearn.precision.channels_last")
+    ap.add_argument("--weights", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="unlearn.precision.weights (pure low-precision training; excludes --autocast)")
     ap.add_argument("--checkpointing", action="store_true", help="unlearn.gradient_checkpointing")
     ap.add_argument("--accumulate", type=int, default=1, help="unlearn.accumulate (micro-batches per iteration)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -167,7 +170,7 @@ def main() -> None:
         net, var = args.one
         batch, iters = (args.batch, args.iters) if net == "embedded" else (args.paper_batch, args.paper_iters)
         print(json.dumps(run_one(net, var, batch, iters, args.warmup, args.threads, args.autocast,
-                                 args.channels_last, args.checkpointing, args.accumulate)))
+                                 args.channels_last, args.checkpointing, args.accumulate, args.weights)))
         return
 
     results = []
@@ -180,7 +183,7 @@ def main() -> None:
 
     r0 = results[0]
     print(f"device {r0['device']}{' (' + r0['gpu'] + ')' if 'gpu' in r0 else ''}, {r0['threads']} threads, "
-          f"mean of timed iterations after {args.warmup} warm-up; autocast {args.autocast}, channels_last "
+          f"mean of timed iterations after {args.warmup} warm-up; autocast {args.autocast}, weights {args.weights}, channels_last "
           f"{args.channels_last}, gradient checkpointing {args.checkpointing}, micro-batches {args.accumulate}")
     mem_key = "peak_cuda_mb" if "peak_cuda_mb" in r0 else "peak_rss_mb"
     print(f"{'network':12} {'params':>7} {'batch':>6} {'variant':16} {'s/iter':>8} {'x SFD':>6} {'mask s':>7} "

@@ -24,3 +24,22 @@ def test_sd_step_runs_the_sd_form_loop_with_bfloat16_and_checkpointing(tmp_path)
     assert all(math.isfinite(r["sec_per_iter"]) and r["sec_per_iter"] > 0 and r["sec_mask_refresh"] > 0 for r in rows)
     assert 10e6 < rows[0]["params"] < 11e6
     assert "network sd-small" in proc.stdout and "batch  ckpt" in proc.stdout
+
+
+def test_stages_times_the_concept_half_on_a_text_dataset(tmp_path):
+    """benchmarks/stages.py on the tiny text dataset: the text teacher, the concept evaluation and the
+    SD form of SFD / PECKER, each next to its bound (data and classifier added as prerequisites)."""
+    out = tmp_path / "stages.json"
+    proc = subprocess.run([sys.executable, "benchmarks/stages.py", "--config", "config/test.yaml", "--dataset",
+                           "fashion-tiny", "--stages", "teacher", "evaluate", "unlearn_sfd", "unlearn_pecker",
+                           "--reps", "1", "--teacher-steps", "6", "--threads", "1", "--json", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["stage"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["data", "teacher", "classifier", "evaluate", "unlearn_sfd", "unlearn_pecker"]
+    for st in ("teacher", "classifier", "evaluate", "unlearn_sfd", "unlearn_pecker"):
+        r = rows[st]
+        assert r["measured_s"] > 0 and r["bound_s"] > 0 and math.isfinite(r["ratio"]), st
+    assert "sfd_sneaker" in rows["unlearn_sfd"]["note"] and "pecker_sneaker" in rows["unlearn_pecker"]["note"]
+    assert "retained-prompt images" in rows["evaluate"]["note"]
+    assert "dataset fashion-tiny" in proc.stdout

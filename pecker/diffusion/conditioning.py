@@ -48,7 +48,8 @@ class Condition(ABC):
 
     @abstractmethod
     def call(self, model, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's unguided noise prediction at these conditions."""
+        """The network's unguided noise prediction at these conditions (floating inputs cast to the
+        dtype of the network's weights, :func:`as_input`; the output in that dtype)."""
 
     @abstractmethod
     def _cat(self, others: Sequence["Condition"]) -> "Condition":
@@ -70,6 +71,15 @@ class Condition(ABC):
     @abstractmethod
     def describe(self) -> dict:
         """JSON-able summary (recorded in sidecars)."""
+
+
+def as_input(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``model``'s weights: the tensor itself for float32 weights (also under
+    autocast); cast for pure float16 / bfloat16 weights (``precision.weights``), differentiably."""
+    dtype = getattr(model, "dtype", None)  # diffusers' ModelMixin
+    if dtype is None or x.dtype == dtype or not x.is_floating_point():
+        return x
+    return x.to(dtype)
 
 
 def cat(conds: Sequence[Condition]) -> Condition:
@@ -110,7 +120,7 @@ class ClassCondition(Condition):
         return replace(self, labels=torch.full_like(self.labels, self.null), guidance=1.0)
 
     def call(self, model, z, t):
-        return model(z, t, class_labels=self.labels).sample
+        return model(as_input(model, z), t, class_labels=self.labels).sample
 
     def _cat(self, others):
         return replace(self, labels=torch.cat([o.labels for o in others]))
@@ -145,7 +155,7 @@ class TextCondition(Condition):
         return replace(self, hidden=self.uncond_hidden, guidance=1.0)
 
     def call(self, model, z, t):
-        return model(z, t, encoder_hidden_states=self.hidden).sample
+        return model(as_input(model, z), t, encoder_hidden_states=as_input(model, self.hidden)).sample
 
     def _cat(self, others):
         if any(o.uncond_hidden is None for o in others) and not all(o.uncond_hidden is None for o in others):

@@ -72,6 +72,12 @@ def _nan_to_num_(tensors) -> None:
             torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _smallest_positive(dtype: torch.dtype) -> float:
+    """The smallest positive (subnormal) value of a floating dtype."""
+    fi = torch.finfo(dtype)
+    return fi.smallest_normal * fi.eps
+
+
 def _total_norm(tensors) -> float:
     tensors = [t for t in tensors if t is not None]
     return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
@@ -128,7 +134,12 @@ class Unlearner:
         T = self.sched.T
         if not (0 <= settings["t_min"] and settings["t_max"] <= T and settings["mask"]["t_max"] <= T):
             raise ConfigError(f"config key 'unlearn.t_max': timesteps must lie in [0, {T}]")
-        self.precision = Precision.from_config(settings.get("precision"), "unlearn.precision", self.device)
+        self.precision = Precision.from_config(settings.get("precision"), "unlearn.precision", self.device, pure=True)
+        eps_low = torch.tensor(settings["adam_eps"], dtype=self.precision.weight_dtype)
+        if settings["adam_eps"] > 0 and float(eps_low) == 0.0:
+            raise ConfigError(f"config key 'unlearn.adam_eps': {settings['adam_eps']} is 0 in {self.precision.weights} "
+                              f"(precision.weights; the smallest positive is {_smallest_positive(eps_low.dtype):.1e}):"
+                              " Adam would divide 0 by 0 for parameters without gradient (the official float16 SD code uses 1e-6)")
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.gen = OneStepGenerator(copy_unet(self.teacher).requires_grad_(True), self.sched, settings["t_init"])
         self.psi = copy_unet(self.teacher).requires_grad_(True)
@@ -490,6 +501,7 @@ def run_unlearning(
     if init_only:
         meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "step": 0, "steps": 0,
                 "images_seen": 0, "init_only": True, **task.describe(), **inputs, "data_free": True,
+                "precision": unl.precision.describe(),
                 "provenance": rec.finish(teacher=str(teacher_prefix), teacher_sha256=tmeta["sha256"])}
         save_generator(Path(out_dir) / "generator_ema", unl.gen, ds.get("diffusion") or {}, meta, unl.ema_state_dict())
         return io.read_sidecar(Path(out_dir) / "generator_ema.json")
