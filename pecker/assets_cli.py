@@ -48,3 +48,34 @@ def status(config_files, overrides) -> None:
         state = "fetched" if not missing and (dest / MANIFEST).is_file() else (
             f"{len(missing)} of {len(spec['files'])} files missing" if missing else "present, not yet verified")
         click.echo(f"{name}: {state} ({dest})")
+
+
+@assets.command("convert-fisher")
+@click.argument("pickle_file", type=click.Path(dir_okay=False))
+@click.option("--sha256", "sha256", default=None, help="The file's full sha256 (checked before anything is read).")
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Instead of --sha256: the manifest of the asset the file belongs to (pecker assets fetch).")
+@click.option("--teacher", "teacher_prefix", type=click.Path(dir_okay=False), required=True,
+              help="Prefix of the diffusers UNet the Fisher is for (its names and shapes), e.g. results/sd-celebrity/teacher/ema.")
+@click.option("--out", "out_prefix", type=click.Path(dir_okay=False), required=True,
+              help="Output prefix: PREFIX.safetensors and PREFIX.json.")
+@clitools.log_option
+def convert_fisher(pickle_file, sha256, manifest, teacher_prefix, out_prefix, log_file) -> None:
+    """Convert SA's released Stable Diffusion Fisher (full_fisher_dict.pkl) to safetensors in the
+    teacher's diffusers names, with no code from the file run (pecker/unlearn/baselines/sa_fisher.py);
+    its own step, run once per file."""
+    import pickle
+
+    from pecker.unlearn.baselines.sa_fisher import convert_released_fisher
+
+    log = clitools.setup_logging(log_file)
+    if (sha256 is None) == (manifest is None):
+        raise click.UsageError("give exactly one of --sha256 and --manifest")
+    if manifest is not None:
+        sha256 = clitools.manifest_sha256(manifest, pickle_file)
+    try:
+        out = convert_released_fisher(pickle_file, sha256, teacher_prefix, out_prefix)
+    except (pickle.UnpicklingError, ValueError) as err:
+        raise click.ClickException(f"{pickle_file}: {err}") from None
+    log.info("SA Fisher %s -> %s", pickle_file, out)
+    click.echo(str(out))

@@ -95,3 +95,14 @@ def data_dir_for(cfg: dict, dataset: str, data_dir: str | None) -> str:
 
 log_option = click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
                           help="Also write the log to this file.")
+
+
+def manifest_sha256(manifest: str, path: str) -> str:
+    """The sha256 that the asset manifest ``manifest`` (pecker assets fetch) records for ``path``."""
+    from pecker import io
+
+    rel = Path(path).resolve().relative_to(Path(manifest).resolve().parent).as_posix()
+    entry = io.read_json(manifest)["files"].get(rel)
+    if entry is None:
+        raise click.ClickException(f"{manifest} does not list {rel}: not a file of that asset")
+    return entry["sha256"]

@@ -185,11 +185,16 @@ def _check_asset_references(cfg: dict) -> None:
             raise ConfigError(f"config key 'assets.{name}.sha256': {unknown[0]!r} is not one of the asset's files")
     for ds_name, ds in (cfg.get("datasets") or {}).items():
         init = (ds.get("unlearn") or {}).get("generator_init")
-        if init:
+        pickles = [("unlearn.generator_init.pickle", init["pickle"])] if init else []
+        for method, m in ((ds.get("unlearn") or {}).get("methods") or {}).items():
+            released = ((m or {}).get("fisher") or {}).get("released")
+            if released:
+                pickles.append((f"unlearn.methods.{method}.fisher.released", released))
+        for key, path in pickles:  # a pickle is read only after its asset's checksum (never a loose file)
             try:
-                asset_manifest(cfg, init["pickle"])
+                asset_manifest(cfg, path)
             except ConfigError as err:
-                raise ConfigError(f"config key 'datasets.{ds_name}.unlearn.generator_init.pickle': {err}") from None
+                raise ConfigError(f"config key 'datasets.{ds_name}.{key}': {err}") from None
     for name, keys in asset_references(cfg).items():
         if name not in known:
             raise ConfigError(f"config key '{keys[0]}': a path inside asset {name!r}, which is not configured under "
@@ -269,6 +274,9 @@ def _check_text(name: str, ds: dict) -> None:
             if (m or {}).get("kind") == "esd":
                 raise ConfigError(f"config key '{where}.unlearn.methods.{method}.kind': esd erases a concept of a "
                                   f"text-to-image model; this dataset has no text section ({where}.text)")
+            if ((m or {}).get("fisher") or {}).get("released"):
+                raise ConfigError(f"config key '{where}.unlearn.methods.{method}.fisher.released': SA's released "
+                                  "Fisher is Stable Diffusion's; a class dataset computes its own (set it to null)")
         return
     if not text_arch:
         raise ConfigError(f"config key '{where}.unet.arch': a text dataset needs unet2d_condition (got {unet.get('arch')!r})")

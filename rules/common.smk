@@ -300,8 +300,23 @@ def _init_rows(ds):
 INIT_ROWS = {ds: _init_rows(ds) for ds in DATASETS}
 
 
+def released_fisher(w):
+    """fisher.released of an SA method (SA's released SD Fisher, a file of a fetched asset), or None."""
+    return (method_settings(w).get("fisher") or {}).get("released")
+
+
+# SA methods run with the released Fisher: "dataset/method" (rule convert_sa_fisher)
+RELEASED_FISHER = [
+    f"{ds}/{m}"
+    for ds in DATASETS
+    for m, s in ((config["datasets"][ds].get("unlearn") or {}).get("methods") or {}).items()
+    if ((s or {}).get("fisher") or {}).get("released")
+]
+
+
 def baseline_inputs(w):
-    """What a baseline reads: the EMA teacher (SA), the raw teacher (SA, SalUn), the data (Retrain, SalUn)."""
+    """What a baseline reads: the EMA teacher (SA), the raw teacher (SA, SalUn), the data (Retrain, SalUn),
+    the converted released Fisher (SA with fisher.released)."""
     kind = method_settings(w)["kind"]
     teacher = f"{RESULTS}/{w.dataset}/teacher"
     out = {}
@@ -311,6 +326,8 @@ def baseline_inputs(w):
         out["teacher_raw"] = f"{teacher}/model.json"
     if kind in ("retrain", "salun"):
         out["data"] = f"{DATA}/{w.dataset}/train.npz"
+    if kind == "sa" and released_fisher(w):
+        out["fisher"] = f"{RESULTS}/{w.dataset}/sa_fisher/{w.method}.json"
     if ASSET_REFS[w.dataset]:
         out["assets"] = dataset_assets(w)
     return out

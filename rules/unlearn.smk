@@ -77,6 +77,40 @@ rule convert_generator_init:
         " --out {params.out} > {log} 2>&1"
 
 
+rule convert_sa_fisher:
+    # fisher.released of an SA method: SA's released Stable Diffusion Fisher (a pickled dict of tensors
+    # in latent-diffusion names), checked against its asset manifest's sha256, read with a tensors-only
+    # unpickler, renamed by diffusers' converter and checked against the raw teacher's parameters
+    # (pecker/unlearn/baselines/sa_fisher.py); written as safetensors once, nothing reads the pickle again.
+    input:
+        teacher_raw=f"{RESULTS}/{{dataset}}/teacher/model.json",
+        assets=dataset_assets,
+    output:
+        fisher=f"{RESULTS}/{{dataset}}/sa_fisher/{{method}}.safetensors",
+        meta=f"{RESULTS}/{{dataset}}/sa_fisher/{{method}}.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/convert_sa_fisher_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/convert_sa_fisher_{{method}}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(sorted({r.split("/")[0] for r in RELEASED_FISHER})),
+        method=_alternatives(sorted({r.split("/")[1] for r in RELEASED_FISHER})),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        pickle=released_fisher,
+        manifest=lambda w: pwf.asset_manifest(config, released_fisher(w)),
+        teacher=lambda w, input: Path(input.teacher_raw).with_suffix(""),
+        out=lambda w, output: Path(output.meta).with_suffix(""),
+    shell:
+        "pecker assets convert-fisher {params.pickle} --manifest {params.manifest} --teacher {params.teacher}"
+        " --out {params.out} > {log} 2>&1"
+
+
 rule init_generator:
     # the "SiD-LSG" row (Tables 2-3): the generator_init network as is, as the one-step generator of
     # one task (its first SFD-loop method's settings), evaluated like a final generator
@@ -141,6 +175,7 @@ rule unlearn_baseline:
                 ("teacher", "teacher"),
                 ("teacher_raw", "teacher-raw"),
                 ("data", "data"),
+                ("fisher", "fisher"),
             )
             if key in input.keys()
         ),

@@ -103,3 +103,57 @@ def tiny_sd_folder(path: Path, tokenizer):
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(path)
     return unet
+
+
+_LDM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_LDM_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+            "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def ldm_unet_name(name: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
+    """The latent-diffusion (``openaimodel.UNetModel``) name of a diffusers ``UNet2DConditionModel``
+    parameter of the SD v1.x layout, without the ``diffusion_model.`` prefix: the layout SA's released
+    Fisher is written in (tests build such files from a tiny UNet; the package maps them back with
+    diffusers' own converter)."""
+    import re
+
+    n = layers_per_block + 1
+    for k, v in _LDM_TOP.items():
+        if name.startswith(k + "."):
+            return v + name[len(k):]
+
+    def resnet(rest: str) -> str:
+        part, _, tail = rest.partition(".")
+        return f"{_LDM_RESNET[part]}.{tail}"
+
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        i = 1 + b * n + j
+        return f"input_blocks.{i}.0.{resnet(rest)}" if kind == "resnets" else f"input_blocks.{i}.1.{rest}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", name):
+        return f"input_blocks.{(int(m[1]) + 1) * n}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", name):
+        kind, j, rest = m[1], int(m[2]), m[3]
+        return f"middle_block.{2 * j}.{resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name):
+        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        i = b * n + j
+        return f"output_blocks.{i}.0.{resnet(rest)}" if kind == "resnets" else f"output_blocks.{i}.1.{rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", name):
+        b = int(m[1])
+        return f"output_blocks.{b * n + n - 1}.{2 if up_has_attention[b] else 1}.conv.{m[2]}"
+    raise KeyError(f"no latent-diffusion name for {name}")
+
+
+def released_fisher_dict(model, seed: int = 0) -> tuple[dict, dict]:
+    """A Fisher in the layout of SA's ``full_fisher_dict.pkl`` for ``model`` (a diffusers SD-layout
+    UNet): ``{"diffusion_model.<ldm name>": positive tensor}``, and the same tensors by diffusers name."""
+    import torch
+
+    cfg = model.config
+    up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
+    gen = torch.Generator().manual_seed(seed)
+    by_name = {n: torch.rand(p.shape, generator=gen) + 0.01 for n, p in model.named_parameters()}
+    ldm = {"diffusion_model." + ldm_unet_name(n, cfg.layers_per_block, up_attn): v for n, v in by_name.items()}
+    return ldm, by_name

@@ -18,7 +18,7 @@ import yaml
 from pecker import config as cfgmod
 from pecker import io
 from pecker.assets import fetch_asset
-from tests.helpers import REPO, SD_SCHEDULE, snakemake, tiny_sd_folder
+from tests.helpers import REPO, SD_SCHEDULE, released_fisher_dict, snakemake, tiny_sd_folder
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -36,6 +36,8 @@ def _job_counts(stdout: str) -> dict[str, int]:
                           "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 28, "evaluate_final": 4,
                           "init_generator": 1, "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
                           "audit": 1}),
+    (["sd_celebrity.yaml", "sa_released_fisher.yaml"], {"fetch_asset": 3, "convert_sa_fisher": 2,
+                                                        "unlearn_baseline": 4, "evaluate_baseline": 4}),
     (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
                                               "unlearn": 7, "gcd_detect": 56, "evaluate_checkpoint": 72,
                                               "unlearn_baseline": 5}),
@@ -84,6 +86,11 @@ def sd_setup(tmp_path_factory):
     tok = build_stack({"source": "minilm_wheel", "max_length": 12}, {"channels": 1}).tokenizer
     sd_dir = data / "assets" / "sd"
     teacher = tiny_sd_folder(sd_dir, tok)
+    # SA's released Fisher in its own layout (latent-diffusion names), for the teacher's architecture
+    (data / "assets" / "safisher").mkdir(parents=True)
+    ldm_fisher, fisher_by_name = released_fisher_dict(teacher)
+    with open(data / "assets" / "safisher" / "full_fisher_dict.pkl", "wb") as f:
+        pickle.dump(ldm_fisher, f)
     # a "SiD-LSG" generator: the teacher's architecture with other weights, pickled as dict(ema=unet)
     gen = type(teacher).from_config(teacher.config)
     with torch.no_grad():
@@ -116,7 +123,7 @@ def sd_setup(tmp_path_factory):
                       and ".cache" not in p.parts)
 
     assets = {name: {"hub": {"repo": f"tiny/{name}"}, "files": files(data / "assets" / name)}
-              for name in ("sd", "gen", "clip", "q16", "i2p")}
+              for name in ("sd", "gen", "clip", "q16", "i2p", "safisher")}
     sd_settings = dict(steps=2, batch_size=2, forget_batch_size=2, lr_theta=1e-4, lr_psi=1e-4, adam_eps=1e-6, xi=1.0,
                        t_min=20, t_max=980, t_init=625, guidance=4.5, prompt_dropout=0.1, images_seen="retain",
                        ema_decay=0.0, checkpoint_every=1, keep_states=1, log_every=1,
@@ -165,7 +172,7 @@ def sd_setup(tmp_path_factory):
         fetch_asset(cfg, name)  # files present: verified, manifest written (no network)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return {"cfg": cfg, "path": path, "tmp": tmp, "teacher": teacher, "gen": gen}
+    return {"cfg": cfg, "path": path, "tmp": tmp, "teacher": teacher, "gen": gen, "fisher": fisher_by_name}
 
 
 def _cli(*args):
@@ -337,6 +344,35 @@ def test_sa_for_sd_replays_the_retain_prompts_forgets_under_the_concept_and_resu
     bad["datasets"]["sd-tiny"]["unlearn"]["methods"]["sa_nude"] = {"kind": "sa", "task": "nude"}
     with pytest.raises(cfgmod.ConfigError, match=r"methods\.sa_nude\.surrogate\.prompt"):
         cfgmod.validate(bad)
+
+
+def test_sa_for_sd_with_the_released_fisher_converted_once(sd_setup):
+    """fisher.released: the pickle converted by its own command (checksum from the asset manifest), the
+    SA run reads the converted file instead of computing a Fisher; the config and the flag must agree."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from pecker.cli import main
+
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    teacher = tmp / "results" / "sd-tiny" / "teacher"
+    if not (teacher / "ema.json").is_file():
+        _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--out", teacher)
+    folder = tmp / "data" / "assets" / "safisher"
+    conv = tmp / "sa_fisher" / "sa_x_celeb"
+    _cli("assets", "convert-fisher", folder / "full_fisher_dict.pkl", "--manifest", folder / "manifest.json",
+         "--teacher", teacher / "model", "--out", conv)
+    args = ["unlearn", "--config", cfgp, "-d", "sd-tiny", "--method", "sa_x_celeb", "--seed", 0, "--teacher",
+            teacher / "ema", "--teacher-raw", teacher / "model", "--set",
+            f"datasets.sd-tiny.unlearn.methods.sa_x_celeb.fisher.released={folder / 'full_fisher_dict.pkl'}"]
+    _cli(*args, "--fisher", conv, "--out", tmp / "sa_released")
+    inputs = load_file(str(tmp / "sa_released" / "ckpt" / "inputs.safetensors"))
+    for name in ("conv_out.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"):
+        assert torch.equal(inputs[f"fisher.{name}"], sd_setup["fisher"][name])
+    meta = io.read_json(tmp / "sa_released" / "unet.json")
+    assert meta["sa"]["fisher"].startswith("released: ") and meta["steps"] == 3
+    res = CliRunner().invoke(main, [str(a) for a in args] + ["--out", str(tmp / "sa_nofisher")])
+    assert res.exit_code != 0 and "fisher.released" in res.output and "--fisher is missing" in res.output
 
 
 def test_the_sd_v1x_and_sld_rows_on_the_tiny_sd_folder(sd_setup):

@@ -70,20 +70,14 @@ def convert_pickled(pickle_file, sha256, manifest, key, out_prefix, log_file) ->
     """Convert a pickled diffusers UNet2DConditionModel (SiD-LSG's dict(ema=unet)) to safetensors, with
     no code from the file run (pecker/diffusion/pickled.py); its own step, run once per file."""
     import pickle
-    from pathlib import Path
 
-    from pecker import io
     from pecker.diffusion.pickled import convert_pickled_unet
 
     clitools.setup_logging(log_file)
     if (sha256 is None) == (manifest is None):
         raise click.UsageError("give exactly one of --sha256 and --manifest")
     if manifest is not None:
-        rel = Path(pickle_file).resolve().relative_to(Path(manifest).resolve().parent).as_posix()
-        entry = io.read_json(manifest)["files"].get(rel)
-        if entry is None:
-            raise click.ClickException(f"{manifest} does not list {rel}: not a file of that asset")
-        sha256 = entry["sha256"]
+        sha256 = clitools.manifest_sha256(manifest, pickle_file)
     try:
         out = convert_pickled_unet(pickle_file, sha256, out_prefix, key or None)
     except (pickle.UnpicklingError, ValueError) as err:

@@ -23,6 +23,9 @@ from pecker import config as cfgmod
 @click.option("--generator-init", "generator_init", type=click.Path(dir_okay=False), default=None,
               help="Prefix of the converted network the generator starts from (unlearn.generator_init; rule "
                    "convert_generator_init writes it).")
+@click.option("--fisher", "fisher_prefix", type=click.Path(dir_okay=False), default=None,
+              help="Prefix of SA's released Fisher converted to the teacher's names (fisher.released; rule "
+                   "convert_sa_fisher writes it): used instead of computing one.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder, e.g. results/mnist/unlearn/pecker/seed0.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -33,8 +36,8 @@ from pecker import config as cfgmod
                    "generator_init network as is, for the method's task).")
 @clitools.threads_option
 @clitools.log_option
-def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teacher_raw_prefix, init_dir, generator_init, out_dir,
-            data_dir, max_steps, init_only, threads, log_file) -> None:
+def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teacher_raw_prefix, init_dir, generator_init,
+            fisher_prefix, out_dir, data_dir, max_steps, init_only, threads, log_file) -> None:
     """Unlearn the forget class with METHOD; resumes from OUT/ckpt when present.
 
     Kind sfd writes OUT/generator_ema.safetensors + .json (the one-step EMA generator), OUT/log.csv
@@ -68,7 +71,8 @@ def unlearn(config_files, overrides, dataset, method, seed, teacher_prefix, teac
         from pecker.unlearn.baselines import FINAL, run_baseline
 
         meta = run_baseline(cfg, dataset, method, seed, out_dir, device, teacher_prefix=teacher_prefix,
-                            teacher_raw_prefix=teacher_raw_prefix, data_dir=data_dir, max_steps=max_steps)
+                            teacher_raw_prefix=teacher_raw_prefix, data_dir=data_dir, max_steps=max_steps,
+                            fisher_prefix=fisher_prefix)
         name = FINAL
     if meta.get("finished") is False:
         log.info("stopped at step %d (--max-steps); rerun to continue", meta["step"])

@@ -36,8 +36,10 @@ def _hflip(s: dict, ds: dict) -> bool:
 
 def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str | Path, device="cpu",
                  teacher_prefix: str | Path | None = None, teacher_raw_prefix: str | Path | None = None,
-                 data_dir: str | Path | None = None, max_steps: int | None = None) -> dict:
-    """Run (or resume) one baseline run; returns the final ``unet`` sidecar (or ``{"finished": False}``)."""
+                 data_dir: str | Path | None = None, max_steps: int | None = None,
+                 fisher_prefix: str | Path | None = None) -> dict:
+    """Run (or resume) one baseline run; returns the final ``unet`` sidecar (or ``{"finished": False}``).
+    ``fisher_prefix``: SA's released Fisher, converted (text datasets, ``fisher.released``)."""
     ds = dataset_config(cfg, dataset)
     s = method_settings(ds["unlearn"], method, dataset, ds.get("teacher"))
     kind, device = s["kind"], torch.device(device)
@@ -53,8 +55,15 @@ def run_baseline(cfg: dict, dataset: str, method: str, seed: int, out_dir: str |
             raise ConfigError(f"method {method!r} (kind {kind}) forgets a class; a text dataset runs kinds sfd, esd, sa")
         if teacher_prefix is None or teacher_raw_prefix is None:
             raise ConfigError(f"method {method!r} (kind sa) needs --teacher and --teacher-raw")
+        released = (s.get("fisher") or {}).get("released")
+        if bool(released) != (fisher_prefix is not None):
+            raise ConfigError(f"method {method!r}: config key 'datasets.{dataset}.unlearn.methods.{method}.fisher.released' "
+                              f"is {released!r} but --fisher {'is missing' if released else 'was given'} (rule "
+                              "convert_sa_fisher converts the released file; pass its output)")
         return run_text_sa(ds, dataset, method, seed, s, out_dir, torch.device(device), teacher_prefix,
-                           teacher_raw_prefix, chash, max_steps)
+                           teacher_raw_prefix, chash, max_steps, fisher_prefix)
+    if fisher_prefix is not None:
+        raise ConfigError(f"method {method!r}: --fisher (SA's released Stable Diffusion Fisher) is for text datasets")
     meta = {"method": method, "seed": seed, "dataset": dataset, "config_hash": chash, "data_free": DATA_FREE[kind],
             "forget_class": s["forget_class"], "cover_class": s["cover_class"],
             # what the evaluation checks (the same record as the SFD loop's task; these methods use no cover)
@@ -149,15 +158,17 @@ def _fisher_timesteps(f: dict, T: int, gen: torch.Generator):
 
 
 def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir, device, teacher_prefix,
-                teacher_raw_prefix, chash: str, max_steps: int | None = None) -> dict:
+                teacher_raw_prefix, chash: str, max_steps: int | None = None, fisher_prefix=None) -> dict:
     """SA on a text-to-image UNet (:mod:`pecker.unlearn.baselines.sa`, the Stable Diffusion recipe):
-    replay and surrogate samples of the EMA teacher, the Fisher at the raw teacher over the replay, then
+    replay and surrogate samples of the EMA teacher, the Fisher at the raw teacher over the replay (or
+    SA's released one, converted: ``fisher_prefix``, :mod:`pecker.unlearn.baselines.sa_fisher`), then
     the shared fine-tuning loop from the raw teacher (EMA from the teacher's EMA when ``ema_decay`` > 0)."""
     from pecker.diffusion.conditioning import TextCondition
     from pecker.text.stack import PromptEncoder, build_stack
     from pecker.unlearn.baselines.esd import esd_concept, trained_parameter
     from pecker.unlearn.baselines.sa import (SelectiveAmnesia, Surrogate, draw_text_samples, fisher_diagonal,
                                              fisher_subset, tensor_mean)
+    from pecker.unlearn.baselines.sa_fisher import load_fisher
     from pecker.unlearn.task import concept_prompts
 
     where = f"datasets.{dataset}.unlearn.methods.{method}"
@@ -181,6 +192,10 @@ def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir
     inputs = {"teacher_raw_sha256": raw_meta["sha256"], "teacher_sha256": ema_meta["sha256"],
               "text_encoder": stack.describe(), "replay_prompts_sha256": enc.fingerprint(retain),
               "forget_prompts": forget, "surrogate_prompt": surrogate}
+    if fisher_prefix is not None:
+        from pecker.io import read_sidecar
+
+        inputs["fisher_sha256"] = read_sidecar(Path(fisher_prefix).with_suffix(".json"))["sha256"]
     run = RunFolder(out_dir, chash, f"unlearn {method} seed {seed}", keep=s["keep_states"],
                     hint=f"lower config key '{where}.lr'")
     log.info("unlearn %s (kind sa, text) seed %d on %s: %d replay samples of %d retain prompts, %d surrogate "
@@ -192,18 +207,23 @@ def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir
         pipe = stack.pipeline(ema_teacher, ddpm)
         replay = draw_text_samples(pipe, [retain[i] for i in labels.tolist()], rcfg, seed, shape, device, "SA replay")
         sur = draw_text_samples(pipe, [surrogate] * s["surrogate"]["n"], rcfg, seed + 2, shape, device, "SA surrogate")
-        idx = fisher_subset(len(replay), labels, f["n_samples"])
-        gen = torch.Generator().manual_seed(seed + 1)
-        h = enc.encode(retain)
-        model.eval()
-        fisher = fisher_diagonal(model, sched, replay[idx].to(device), TextCondition(h[labels[idx]].to(device)),
-                                 lambda sh: torch.randn(sh, generator=gen), _fisher_timesteps(f, sched.T, gen), f["t_batch"],
-                                 s["loss_reduction"])
-        log.info("SA: replay %d samples, surrogate %d, Fisher over %d (mean %.3g)", len(replay), len(sur), len(idx),
+        if fisher_prefix is not None:
+            fisher, fmeta = load_fisher(fisher_prefix, model, device)
+            n_fisher = f"released ({fmeta['origin']['file']})"
+        else:
+            idx = fisher_subset(len(replay), labels, f["n_samples"])
+            gen = torch.Generator().manual_seed(seed + 1)
+            h = enc.encode(retain)
+            model.eval()
+            fisher = fisher_diagonal(model, sched, replay[idx].to(device), TextCondition(h[labels[idx]].to(device)),
+                                     lambda sh: torch.randn(sh, generator=gen), _fisher_timesteps(f, sched.T, gen),
+                                     f["t_batch"], s["loss_reduction"])
+            n_fisher = len(idx)
+        log.info("SA: replay %d samples, surrogate %d, Fisher over %s (mean %.3g)", len(replay), len(sur), n_fisher,
                  tensor_mean(fisher))
         tensors = {"replay.images": replay, "replay.labels": labels, "surrogate.images": sur,
                    **{f"fisher.{n}": v for n, v in zip(names, fisher)}}
-        return tensors, {"kind": "sa_inputs", "n_replay": len(replay), "n_fisher": len(idx), "n_surrogate": len(sur)}
+        return tensors, {"kind": "sa_inputs", "n_replay": len(replay), "n_fisher": n_fisher, "n_surrogate": len(sur)}
 
     pre, _ = run.cached("inputs", compute, expect=inputs, device=str(device))
     h_replay = enc.encode(retain).to(device)[pre["replay.labels"].to(device)]
@@ -220,6 +240,7 @@ def run_text_sa(ds: dict, dataset: str, method: str, seed: int, s: dict, out_dir
             "forget": {"type": "text", "task": s["task"], "concept": esd_concept(task, s)},
             "sa": {"train": s["train"], "n_trained_parameters": n_trained, "forget_prompts": forget,
                    "loss_reduction": s["loss_reduction"],
+                   "fisher": "released: " + f["released"] if fisher_prefix is not None else "computed at the raw teacher",
                    "surrogate_prompt": surrogate, "samples": "pipeline latents"}}
     rec = Recorder("unlearn", chash, seeds={"unlearn": seed}, method=method, dataset=dataset)
     tuner = FineTuner(model, s, seed, ema_init)
