@@ -309,7 +309,9 @@ def released_fisher(w):
 RELEASED_FISHER = [
     f"{ds}/{m}"
     for ds in DATASETS
-    for m, s in ((config["datasets"][ds].get("unlearn") or {}).get("methods") or {}).items()
+    for m, s in (
+        (config["datasets"][ds].get("unlearn") or {}).get("methods") or {}
+    ).items()
     if ((s or {}).get("fisher") or {}).get("released")
 ]
 
