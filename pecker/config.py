@@ -386,6 +386,9 @@ def _check_teacher_file(name: str, ds: dict) -> None:
     """``teacher.source: file | published`` names the file (or where to fetch it) and its full sha256;
     a published SA checkpoint needs the network it was trained with."""
     teacher = ds.get("teacher") or {}
+    if teacher.get("baselines_model") and teacher.get("source") != "sd_folder":
+        raise ConfigError(f"config key 'datasets.{name}.teacher.baselines_model': the baselines' own Stable Diffusion "
+                          "UNet needs teacher.source sd_folder (the concept half at paper scale)")
     if teacher.get("source") == "sd_folder" and (ds.get("text") or {}).get("source") != "sd_folder":
         raise ConfigError(f"config key 'datasets.{name}.teacher.source': sd_folder takes the UNet of the Stable "
                           "Diffusion folder text.model, so text.source must be sd_folder")

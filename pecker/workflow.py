@@ -25,7 +25,8 @@ TEACHER_BOOKKEEPING = ("steps", "checkpoint_every", "keep_checkpoints", "log_eve
 def _teacher_trajectory(teacher: dict | None) -> dict | None:
     if teacher is None:
         return None
-    return {k: v for k, v in teacher.items() if k not in TEACHER_BOOKKEEPING}
+    # baselines_model: the multi-step rows' own UNet (fetch_baselines_teacher), not this teacher's
+    return {k: v for k, v in teacher.items() if k not in TEACHER_BOOKKEEPING and k != "baselines_model"}
 
 
 def _entry(ds: dict, entry: str) -> Any:

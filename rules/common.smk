@@ -27,6 +27,23 @@ FETCHED = [
     ds for ds in DATASETS if config["datasets"][ds]["teacher"]["source"] != "train"
 ]
 TRAINED = [ds for ds in DATASETS if ds not in FETCHED]
+# Text datasets whose multi-step rows (the teacher row, SLD-Medium, ESD, SA) are and start from a UNet
+# of their own (teacher.baselines_model: SD v1.4 at paper scale), rule fetch_baselines_teacher.
+BASELINES_TEACHER = [
+    ds for ds in DATASETS if config["datasets"][ds]["teacher"].get("baselines_model")
+]
+
+
+def reference_teacher(dataset):
+    """The folder of the UNet the multi-step rows are and start from: teacher_baselines/ or teacher/."""
+    sub = "teacher_baselines" if dataset in BASELINES_TEACHER else "teacher"
+    return f"{RESULTS}/{dataset}/{sub}"
+
+
+def reference_teacher_meta(w):
+    """The EMA sidecar of :func:`reference_teacher` (rules evaluate_teacher, evaluate_sld)."""
+    return f"{reference_teacher(w.dataset)}/ema.json"
+
 # Concept forgetting (a text section: Tables 2-3, Figs 4-6) vs class forgetting (Table 1, Figs 2-3):
 # the same teacher, unlearning and evaluation rules, different report rules.
 TEXT_DATASETS = [ds for ds in DATASETS if config["datasets"][ds].get("text")]
@@ -231,7 +248,7 @@ def generator_init_settings(w):
 def celebrity_model(w):
     """The model file whose celebrity images rule celebrity_images draws."""
     if w.method in ("teacher", "sld"):
-        return {"model": f"{RESULTS}/{w.dataset}/teacher/ema.json"}
+        return {"model": reference_teacher_meta(w)}
     run = f"{RESULTS}/{w.dataset}/unlearn/{w.method}/seed{w.seed}"
     if w.method in BASELINE_METHODS:  # ESD: a multi-step UNet
         return {"model": f"{run}/unet.json"}
@@ -317,10 +334,11 @@ RELEASED_FISHER = [
 
 
 def baseline_inputs(w):
-    """What a baseline reads: the EMA teacher (SA), the raw teacher (SA, SalUn), the data (Retrain, SalUn),
-    the converted released Fisher (SA with fisher.released)."""
+    """What a baseline reads: the EMA teacher (SA, ESD), the raw teacher (SA, SalUn), the data (Retrain,
+    SalUn), the converted released Fisher (SA with fisher.released). The teacher is the reference one
+    (teacher.baselines_model when set)."""
     kind = method_settings(w)["kind"]
-    teacher = f"{RESULTS}/{w.dataset}/teacher"
+    teacher = reference_teacher(w.dataset)
     out = {}
     if kind in ("sa", "esd"):
         out["teacher"] = f"{teacher}/ema.json"

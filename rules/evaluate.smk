@@ -40,7 +40,7 @@ rule reference_features:
 rule evaluate_teacher:
     input:
         unpack(eval_inputs_for("teacher")),
-        model=rules.train_teacher.output.ema_meta,
+        model=reference_teacher_meta,
     output:
         json=f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final.json",
         grid=f"{RESULTS}/{{dataset}}/eval/teacher/seed0/final_grid.npz",
@@ -69,7 +69,7 @@ rule evaluate_teacher:
 rule evaluate_sld:
     input:
         unpack(eval_inputs_for("sld")),
-        model=rules.train_teacher.output.ema_meta,
+        model=reference_teacher_meta,
     output:
         json=f"{RESULTS}/{{dataset}}/eval/sld/seed0/final.json",
         grid=f"{RESULTS}/{{dataset}}/eval/sld/seed0/final_grid.npz",

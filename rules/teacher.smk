@@ -69,6 +69,37 @@ rule fetch_teacher:
         "pecker teacher fetch --config {params.cfg} -d {wildcards.dataset} --out {params.out} > {log} 2>&1"
 
 
+rule fetch_baselines_teacher:
+    # teacher.baselines_model: the UNet of a second Stable Diffusion folder (SD v1.4), which the
+    # multi-step rows of Tables 2-3 are and start from (teacher row, SLD-Medium, ESD, SA), checked
+    # against its asset manifest and installed like the teacher; SFD and PECKER keep the teacher
+    input:
+        assets=dataset_assets,
+    output:
+        ema=f"{RESULTS}/{{dataset}}/teacher_baselines/ema.safetensors",
+        ema_meta=f"{RESULTS}/{{dataset}}/teacher_baselines/ema.json",
+        model=f"{RESULTS}/{{dataset}}/teacher_baselines/model.safetensors",
+        model_meta=f"{RESULTS}/{{dataset}}/teacher_baselines/model.json",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/fetch_baselines_teacher.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/fetch_baselines_teacher.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(BASELINES_TEACHER),
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        cfg=resolved_config,
+        model=lambda w: config["datasets"][w.dataset]["teacher"]["baselines_model"],
+        out=lambda w, output: Path(output.ema).parent,
+    shell:
+        "pecker teacher fetch --config {params.cfg} -d {wildcards.dataset} --baselines --out {params.out} > {log} 2>&1"
+
+
 rule sample_teacher:
     input:
         ema=rules.train_teacher.output.ema_meta,

@@ -83,7 +83,7 @@ rule convert_sa_fisher:
     # unpickler, renamed by diffusers' converter and checked against the raw teacher's parameters
     # (pecker/unlearn/baselines/sa_fisher.py); written as safetensors once, nothing reads the pickle again.
     input:
-        teacher_raw=f"{RESULTS}/{{dataset}}/teacher/model.json",
+        teacher_raw=lambda w: f"{reference_teacher(w.dataset)}/model.json",
         assets=dataset_assets,
     output:
         fisher=f"{RESULTS}/{{dataset}}/sa_fisher/{{method}}.safetensors",

@@ -135,6 +135,13 @@ FT = "datasets.fashion-tiny"
      f"{FT}.unlearn.methods.sld"),
     (f"{FT}.evaluate.concept.i2p_prompts=null", f"{FT}.evaluate.concept.i2p_prompts"),
     ("datasets.mnist-tiny.unlearn.methods.sfd.task=sneaker", "datasets.mnist-tiny.unlearn.tasks"),
+    # SA's released Fisher: Stable Diffusion's, and only as a checksummed asset file (a pickle)
+    ("datasets.mnist-tiny.unlearn.methods.sa.fisher.released=data/assets/sa-fisher/full_fisher_dict.pkl",
+     "datasets.mnist-tiny.unlearn.methods.sa.fisher.released"),
+    (f"{FT}.unlearn.methods.sa_sneaker.fisher.released=/tmp/full_fisher_dict.pkl",
+     f"{FT}.unlearn.methods.sa_sneaker.fisher.released"),
+    # the baselines' own SD UNet only with an SD-folder teacher
+    ("datasets.mnist-tiny.teacher.baselines_model=data/assets/sd-v1-4", "datasets.mnist-tiny.teacher.baselines_model"),
 ])
 def test_bad_text_dataset_names_the_key(override, key):
     with pytest.raises(cfgmod.ConfigError) as err:

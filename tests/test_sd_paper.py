@@ -27,18 +27,21 @@ def _job_counts(stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("configs, expected", [
-    (["sd_celebrity.yaml"], {"fetch_asset": 2, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 4,
+    (["sd_celebrity.yaml"], {"fetch_asset": 3, "convert_generator_init": 1, "fetch_teacher": 1,
+                             "fetch_baselines_teacher": 1, "unlearn": 4,
                              "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 44, "evaluate_final": 6,
                              "init_generator": 2, "celebrity_images": 56, "gcd_detect": 56, "unlearn_baseline": 4,
                              "evaluate_baseline": 4,
                              "concept_tables": 1, "concept_figures": 1, "audit": 1}),
-    (["sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 1, "fetch_teacher": 1, "unlearn": 3,
+    (["sd_nudity.yaml"], {"fetch_asset": 6, "convert_generator_init": 1, "fetch_teacher": 1,
+                          "fetch_baselines_teacher": 1, "unlearn": 3,
                           "evaluate_teacher": 1, "evaluate_sld": 1, "evaluate_checkpoint": 28, "evaluate_final": 4,
                           "init_generator": 1, "unlearn_baseline": 1, "evaluate_baseline": 1, "concept_tables": 1, "concept_figures": 1,
                           "audit": 1}),
-    (["sd_celebrity.yaml", "sa_released_fisher.yaml"], {"fetch_asset": 3, "convert_sa_fisher": 2,
+    (["sd_celebrity.yaml", "sa_released_fisher.yaml"], {"fetch_asset": 4, "convert_sa_fisher": 2,
                                                         "unlearn_baseline": 4, "evaluate_baseline": 4}),
-    (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 5, "convert_generator_init": 2, "fetch_teacher": 2,
+    (["sd_celebrity.yaml", "sd_nudity.yaml"], {"fetch_asset": 6, "convert_generator_init": 2, "fetch_teacher": 2,
+                                              "fetch_baselines_teacher": 2,
                                               "unlearn": 7, "gcd_detect": 56, "evaluate_checkpoint": 72,
                                               "unlearn_baseline": 5}),
 ])
@@ -50,6 +53,21 @@ def test_sd_configs_dry_run_every_job_of_tables_2_and_3(tmp_path, configs, expec
     # no classifier, data or reference job: the paper's detectors need none
     assert not {"train_classifier", "prepare_data", "reference_features", "train_teacher"} & set(counts)
     assert "tables" not in counts  # Table 1 is of class forgetting: none here
+
+
+def test_the_multi_step_rows_read_sd_v1_4_and_the_one_step_rows_sd_v1_5(tmp_path):
+    """teacher.baselines_model: ESD, SA, the SD v1.4 and SLD rows read teacher_baselines/ (SD v1.4's
+    UNet), SFD / PECKER read teacher/ (SD v1.5)."""
+    cfg = ["--configfile", str(REPO / "config" / "sd_celebrity.yaml")]
+    res = {}
+    for name, target in (("esd", "results/sd-celebrity/unlearn/esd_x_brad_pitt/seed0/unet.json"),
+                         ("sld", "results/sd-celebrity/eval/sld/seed0/final.json"),
+                         ("pecker", "results/sd-celebrity/unlearn/pecker_brad_pitt/seed0/generator_ema.json")):
+        res[name] = snakemake(tmp_path, "-n", target, *cfg).stdout
+    for name in ("esd", "sld"):
+        assert "results/sd-celebrity/teacher_baselines/ema.json" in res[name], res[name][-3000:]
+        assert "rule fetch_baselines_teacher" in res[name]
+    assert "teacher/ema.safetensors" in res["pecker"] and "teacher_baselines" not in res["pecker"]
 
 
 def test_an_asset_job_offline_fails_naming_the_files_and_keeps_nothing(tmp_path):
@@ -86,6 +104,12 @@ def sd_setup(tmp_path_factory):
     tok = build_stack({"source": "minilm_wheel", "max_length": 12}, {"channels": 1}).tokenizer
     sd_dir = data / "assets" / "sd"
     teacher = tiny_sd_folder(sd_dir, tok)
+    # "SD v1.4": a UNet folder of the teacher's architecture with other weights (teacher.baselines_model)
+    sd14 = type(teacher).from_config(teacher.config)
+    with torch.no_grad():
+        for q in sd14.parameters():
+            q.add_(0.02 * torch.randn_like(q))
+    sd14.save_pretrained(data / "assets" / "sd14" / "unet")
     # SA's released Fisher in its own layout (latent-diffusion names), for the teacher's architecture
     (data / "assets" / "safisher").mkdir(parents=True)
     ldm_fisher, fisher_by_name = released_fisher_dict(teacher)
@@ -123,7 +147,7 @@ def sd_setup(tmp_path_factory):
                       and ".cache" not in p.parts)
 
     assets = {name: {"hub": {"repo": f"tiny/{name}"}, "files": files(data / "assets" / name)}
-              for name in ("sd", "gen", "clip", "q16", "i2p", "safisher")}
+              for name in ("sd", "gen", "clip", "q16", "i2p", "safisher", "sd14")}
     sd_settings = dict(steps=2, batch_size=2, forget_batch_size=2, lr_theta=1e-4, lr_psi=1e-4, adam_eps=1e-6, xi=1.0,
                        t_min=20, t_max=980, t_init=625, guidance=4.5, prompt_dropout=0.1, images_seen="retain",
                        ema_decay=0.0, checkpoint_every=1, keep_states=1, log_every=1,
@@ -172,7 +196,8 @@ def sd_setup(tmp_path_factory):
         fetch_asset(cfg, name)  # files present: verified, manifest written (no network)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return {"cfg": cfg, "path": path, "tmp": tmp, "teacher": teacher, "gen": gen, "fisher": fisher_by_name}
+    return {"cfg": cfg, "path": path, "tmp": tmp, "teacher": teacher, "gen": gen, "fisher": fisher_by_name,
+            "sd14": sd14}
 
 
 def _cli(*args):
@@ -344,6 +369,29 @@ def test_sa_for_sd_replays_the_retain_prompts_forgets_under_the_concept_and_resu
     bad["datasets"]["sd-tiny"]["unlearn"]["methods"]["sa_nude"] = {"kind": "sa", "task": "nude"}
     with pytest.raises(cfgmod.ConfigError, match=r"methods\.sa_nude\.surrogate\.prompt"):
         cfgmod.validate(bad)
+
+
+def test_the_baselines_teacher_is_the_unet_of_its_own_folder(sd_setup):
+    """pecker teacher fetch --baselines installs teacher.baselines_model's UNet (verified against its
+    asset manifest), not the teacher's; without the key it fails naming it."""
+    from click.testing import CliRunner
+
+    from pecker.cli import main
+    from pecker.diffusion.unet import load_unet
+
+    tmp, cfgp = sd_setup["tmp"], sd_setup["path"]
+    folder = tmp / "data" / "assets" / "sd14"
+    out = tmp / "teacher_baselines"
+    _cli("teacher", "fetch", "--config", cfgp, "-d", "sd-tiny", "--set",
+         f"datasets.sd-tiny.teacher.baselines_model={folder}", "--baselines", "--out", out)
+    for name in ("ema", "model"):
+        unet, meta = load_unet(out / name)
+        ref = dict(sd_setup["sd14"].named_parameters())
+        assert all(torch.equal(p, ref[n]) for n, p in unet.named_parameters())
+        assert meta["origin"]["asset"] == "sd14" and meta["role"].startswith("baselines")
+    res = CliRunner().invoke(main, ["teacher", "fetch", "--config", str(cfgp), "-d", "sd-tiny", "--baselines",
+                                    "--out", str(tmp / "tb_none")])
+    assert res.exit_code != 0 and "teacher.baselines_model" in res.output
 
 
 def test_sa_for_sd_with_the_released_fisher_converted_once(sd_setup):

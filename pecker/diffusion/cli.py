@@ -42,10 +42,12 @@ def train(config_files, overrides, dataset, data_dir, out_dir, max_steps, thread
 @clitools.config_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Teacher folder, e.g. results/cifar10/teacher.")
+@click.option("--baselines", is_flag=True, default=False,
+              help="Install the UNet of teacher.baselines_model instead (the multi-step rows of Tables 2-3: SD v1.4).")
 @clitools.log_option
-def fetch(config_files, overrides, dataset, out_dir, log_file) -> None:
-    """Install a published teacher (teacher.source file or published) as OUT/ema and OUT/model, after
-    verifying its full sha256; offline, say what file to provide."""
+def fetch(config_files, overrides, dataset, out_dir, baselines, log_file) -> None:
+    """Install a published teacher (teacher.source file, published or sd_folder) as OUT/ema and
+    OUT/model, after verifying its full sha256; offline, say what file to provide."""
     from pecker.diffusion.train import fetch_teacher
 
     clitools.setup_logging(log_file)
@@ -54,7 +56,7 @@ def fetch(config_files, overrides, dataset, out_dir, log_file) -> None:
     if ds["teacher"]["source"] == "train":
         raise cfgmod.ConfigError(f"config key 'datasets.{dataset}.teacher.source': train: nothing to fetch "
                                  "(pecker teacher train)")
-    fetch_teacher(ds, out_dir)
+    fetch_teacher(ds, out_dir, baselines)
 
 
 @teacher.command("convert-pickled")

@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from pecker import io
+from pecker.config import ConfigError
 from pecker.data import load_prepared, to_model_range
 from pecker.diffusion.conditioning import ClassCondition
 from pecker.diffusion.precision import Precision
@@ -262,14 +263,20 @@ def _state(model, ema, opt, sampler, noise_gen) -> tuple[dict, dict]:
                      "optimizer": opt_meta, "rng": rng_meta}
 
 
-def install_sd_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
+def install_sd_teacher(ds_cfg: dict, out_dir: str | Path, baselines: bool = False) -> dict:
     """``teacher.source: sd_folder``: the UNet of the Stable Diffusion folder ``text.model`` (a fetched
     asset, its files verified against the asset manifest first) installed as ``ema`` and ``model``,
     so every later step reads it like any other teacher. The SD folder's file hashes and the hub
-    commit it came from are recorded in the sidecar."""
+    commit it came from are recorded in the sidecar. ``baselines``: the UNet of
+    ``teacher.baselines_model`` instead (the multi-step rows' SD v1.4), hashed as that folder's."""
     from pecker.assets import MANIFEST
     from pecker.text.stack import sd_unet
 
+    if baselines:
+        folder = ds_cfg["teacher"].get("baselines_model")
+        if not folder:
+            raise ConfigError("config key 'teacher.baselines_model' is not set: the multi-step rows use the teacher")
+        ds_cfg = {**ds_cfg, "text": {**ds_cfg["text"], "model": folder}}
     folder = Path(ds_cfg["text"]["model"])
     manifest_path = folder / MANIFEST
     origin = {"folder": str(folder)}
@@ -285,7 +292,8 @@ def install_sd_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
         log.warning("%s has no asset manifest (%s): the teacher's source files are not verified", folder, MANIFEST)
     model = sd_unet(ds_cfg["text"])
     chash = ds_stage_hash(ds_cfg, "teacher")
-    meta = {"kind": "teacher", "source": "sd_folder", "origin": origin, "config_hash": chash, "weights": "ema"}
+    meta = {"kind": "teacher", "source": "sd_folder", "origin": origin, "config_hash": chash, "weights": "ema",
+            "role": "baselines (teacher.baselines_model; text stack of text.model)" if baselines else "teacher"}
     meta["provenance"] = Recorder("teacher.fetch", chash).finish()
     out_dir = Path(out_dir)
     save_unet(out_dir / "ema", model, meta)
@@ -293,7 +301,7 @@ def install_sd_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
     return meta
 
 
-def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
+def fetch_teacher(ds_cfg: dict, out_dir: str | Path, baselines: bool = False) -> dict:
     """``teacher.source: file | published``: verify a checkpoint (full sha256, before it is read) and
     install it as ``ema`` and ``model``.
 
@@ -305,7 +313,9 @@ def fetch_teacher(ds_cfg: dict, out_dir: str | Path) -> dict:
 
     tcfg = ds_cfg["teacher"]
     if tcfg["source"] == "sd_folder":
-        return install_sd_teacher(ds_cfg, out_dir)
+        return install_sd_teacher(ds_cfg, out_dir, baselines)
+    if baselines:
+        raise ConfigError("config key 'teacher.baselines_model': only with teacher.source sd_folder")
     fcfg = tcfg.get("file") or {}
     src, sha = Path(fcfg.get("path") or Path(out_dir) / "download" / Path(str(fcfg.get("url"))).name), fcfg["sha256"]
     if not src.is_file():
