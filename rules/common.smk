@@ -44,6 +44,7 @@ def reference_teacher_meta(w):
     """The EMA sidecar of :func:`reference_teacher` (rules evaluate_teacher, evaluate_sld)."""
     return f"{reference_teacher(w.dataset)}/ema.json"
 
+
 # Concept forgetting (a text section: Tables 2-3, Figs 4-6) vs class forgetting (Table 1, Figs 2-3):
 # the same teacher, unlearning and evaluation rules, different report rules.
 TEXT_DATASETS = [ds for ds in DATASETS if config["datasets"][ds].get("text")]
