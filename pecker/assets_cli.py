@@ -69,10 +69,7 @@ def convert_fisher(pickle_file, sha256, manifest, teacher_prefix, out_prefix, lo
     from pecker.unlearn.baselines.sa_fisher import convert_released_fisher
 
     log = clitools.setup_logging(log_file)
-    if (sha256 is None) == (manifest is None):
-        raise click.UsageError("give exactly one of --sha256 and --manifest")
-    if manifest is not None:
-        sha256 = clitools.manifest_sha256(manifest, pickle_file)
+    sha256 = clitools.expected_sha256(sha256, manifest, pickle_file)
     try:
         out = convert_released_fisher(pickle_file, sha256, teacher_prefix, out_prefix)
     except (pickle.UnpicklingError, ValueError) as err:

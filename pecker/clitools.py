@@ -97,10 +97,15 @@ log_option = click.option("--log", "log_file", type=click.Path(dir_okay=False), 
                           help="Also write the log to this file.")
 
 
-def manifest_sha256(manifest: str, path: str) -> str:
-    """The sha256 that the asset manifest ``manifest`` (pecker assets fetch) records for ``path``."""
+def expected_sha256(sha256: str | None, manifest: str | None, path: str) -> str:
+    """The checksum a converter verifies ``path`` against: ``--sha256`` or what the asset manifest
+    ``--manifest`` (pecker assets fetch) records for it; exactly one must be given."""
     from pecker import io
 
+    if (sha256 is None) == (manifest is None):
+        raise click.UsageError("give exactly one of --sha256 and --manifest")
+    if sha256 is not None:
+        return sha256
     rel = Path(path).resolve().relative_to(Path(manifest).resolve().parent).as_posix()
     entry = io.read_json(manifest)["files"].get(rel)
     if entry is None:

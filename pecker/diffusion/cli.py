@@ -76,10 +76,7 @@ def convert_pickled(pickle_file, sha256, manifest, key, out_prefix, log_file) ->
     from pecker.diffusion.pickled import convert_pickled_unet
 
     clitools.setup_logging(log_file)
-    if (sha256 is None) == (manifest is None):
-        raise click.UsageError("give exactly one of --sha256 and --manifest")
-    if manifest is not None:
-        sha256 = clitools.manifest_sha256(manifest, pickle_file)
+    sha256 = clitools.expected_sha256(sha256, manifest, pickle_file)
     try:
         out = convert_pickled_unet(pickle_file, sha256, out_prefix, key or None)
     except (pickle.UnpicklingError, ValueError) as err:

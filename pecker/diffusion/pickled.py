@@ -50,6 +50,8 @@ ALLOWED_FUNCTIONS = {
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _safe_storage_from_bytes,
 }
+# the globals a pickle of tensors may name besides those: plain containers
+TENSOR_GLOBALS = {**ALLOWED_FUNCTIONS, ("collections", "OrderedDict"): OrderedDict}
 
 
 class Skeleton:
@@ -78,7 +80,7 @@ class DictSkeleton(dict):
 class SkeletonUnpickler(io.AllowlistUnpickler):
     """Rebuilds network classes as :class:`Skeleton` records and refuses every other global."""
 
-    allowed = {**ALLOWED_FUNCTIONS, ("collections", "OrderedDict"): OrderedDict}
+    allowed = TENSOR_GLOBALS
     refusal = "a pickled network may only name diffusers / torch.nn classes and torch's tensor rebuilders"
 
     def resolve(self, module: str, name: str):

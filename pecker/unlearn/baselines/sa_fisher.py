@@ -27,13 +27,12 @@ diffusers names of the teacher it will be used with:
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from pecker import io
-from pecker.diffusion.pickled import ALLOWED_FUNCTIONS
+from pecker.diffusion.pickled import TENSOR_GLOBALS
 
 LDM_PREFIX = "model.diffusion_model."
 
@@ -41,7 +40,7 @@ LDM_PREFIX = "model.diffusion_model."
 class TensorDictUnpickler(io.AllowlistUnpickler):
     """Rebuilds dicts of tensors and nothing else."""
 
-    allowed = {**ALLOWED_FUNCTIONS, ("collections", "OrderedDict"): OrderedDict}
+    allowed = TENSOR_GLOBALS
     refusal = "a released Fisher may only hold tensors in a dict"
 
 
