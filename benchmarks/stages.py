@@ -19,6 +19,9 @@ bound is what the unit cannot avoid doing, timed the same way in the same proces
 | sample_teacher   | image    | ``sample_batch`` (DDIM, config's steps)      | the UNet forwards it makes, bare           |
 | unlearn_sfd      | iter     | ``Unlearner.train_step``                     | the network passes of an SFD iteration     |
 | unlearn_pecker   | iter     | ``Unlearner.train_step`` (mask every step)   | the same plus the saliency fwd + bwd       |
+| unlearn_sa,      | iter     | ``FineTuner.train_step`` on the objective    | the objective's loss, backward, gradient   |
+| unlearn_salun,   |          | that ``run_baseline`` builds for the first   | edit (SalUn's mask) and optimiser step     |
+| unlearn_esd      |          | method of that kind                          |                                            |
 
 The bare SFD iteration: generator forward (no grad, B + Bf), fake-score forward + backward + Adam on
 those samples, generator forward with grad, teacher and fake-score forwards on the noised samples,
@@ -31,7 +34,10 @@ UNet (random text states of the encoder's shape in the bare steps; the caption e
 the teacher loop's measured time) and its first ``sfd_*`` / ``pecker_*`` methods; its evaluation is
 the concept one (task prompts, classifier, retained-prompt FID, attribute checks). Its teacher
 samples are drawn through the diffusers pipeline inside the evaluation, so ``sample_teacher`` is not
-a stage there; ESD and SA (under a second apiece per step) are not timed.
+a stage there. A baseline stage runs where the dataset has a method of its kind (the class half: SA,
+SalUn; the concept half: ESD, SA); its teacher files hold random weights and what it computes once
+before the loop (SA's replay, Fisher and surrogate samples) is shrunk (``BASELINE_INPUTS``), as it does
+not change an iteration's cost.
 
 Each stage runs in its own process (its own thread count, its peak RSS its own) on a scratch folder
 that the data stage fills; run it alone on idle cores. No network is needed.
@@ -51,7 +57,8 @@ from pathlib import Path
 from child import ROOT, run_child  # benchmarks/child.py (this script's folder is on sys.path)
 
 STAGES = ("data", "teacher", "classifier", "inception", "evaluate", "sample_teacher", "unlearn_sfd",
-          "unlearn_pecker")
+          "unlearn_pecker", "unlearn_sa", "unlearn_salun", "unlearn_esd")
+BASELINES = {"unlearn_sa": "sa", "unlearn_salun": "salun", "unlearn_esd": "esd"}
 
 
 def _timeit(fn, reps: int, warmup: int = 1) -> float:
@@ -72,7 +79,14 @@ def _row(stage: str, unit: str, measured: float, bound: float | None, note: str)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-TEXT_STAGES = tuple(st for st in STAGES if st != "sample_teacher")
+def default_stages(ds: dict) -> list[str]:
+    """Every stage of the dataset's kind: a text dataset has no ``sample_teacher``, and a baseline
+    stage runs where the dataset configures a method of that kind."""
+    from pecker.unlearn.settings import method_kind
+
+    kinds = {method_kind(ds["unlearn"], m) for m in ds["unlearn"]["methods"]}
+    return [st for st in STAGES if not (st == "sample_teacher" and ds.get("text"))
+            and (st not in BASELINES or BASELINES[st] in kinds)]
 
 
 def _cfg(args):
@@ -393,11 +407,77 @@ def stage_unlearn(args, ds, scratch: Path, base: str) -> dict:
     return _row(f"unlearn_{base}", "iter", measured, bound,
                 f"{method}, batch {s['batch_size']}+{nf}" + (", mask every step" if s["mask"]["enabled"] else ""))
 
+# What a baseline computes once before its loop (replay, Fisher, surrogate samples) does not change the
+# cost of an iteration, so the benchmark shrinks it (dotted keys into the method's settings).
+# Keyed by (kind, text dataset?).
+BASELINE_INPUTS = {("sa", False): {"replay.per_class": 4, "fisher.n_samples": 4, "fisher.timesteps": 2,
+                                   "fisher.t_batch": 2},
+                   ("sa", True): {"replay.prompts": 4, "replay.per_prompt": 1, "surrogate.n": 8,
+                                  "fisher.n_samples": 4, "fisher.timesteps": 2, "fisher.t_batch": 2}}
+
+
+def stage_baseline(args, ds, scratch: Path, kind: str) -> dict:
+    """One iteration of the fine-tuning loop shared by the baselines (``FineTuner.train_step``) on the
+    dataset's first method of ``kind``, built by ``run_baseline`` itself from random-weight teacher files;
+    bound: the objective's loss, backward, its gradient edit (SalUn's mask) and the optimiser step."""
+    import copy
+
+    import torch
+
+    import pecker.unlearn.baselines as baselines
+    import pecker.unlearn.baselines.finetune as finetune
+    from pecker.diffusion.unet import build_unet, save_unet
+    from pecker.unlearn.settings import method_kind
+
+    methods = ds["unlearn"]["methods"]
+    found = [m for m in methods if method_kind(ds["unlearn"], m) == kind]
+    if not found:
+        raise SystemExit(f"datasets.{args.dataset}.unlearn.methods has no method of kind {kind!r}")
+    method = found[0]
+    entry = methods[method] = copy.deepcopy(methods[method])  # args.cfg's own entry: run_baseline reads it
+    for key, value in BASELINE_INPUTS.get((kind, bool(ds.get("text"))), {}).items():
+        *path, leaf = key.split(".")
+        node = entry
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    torch.manual_seed(0)
+    prefix = scratch / f"baseline_teacher_{kind}"
+    save_unet(prefix, build_unet(ds["unet"], ds["data"]), {"kind": "teacher"})
+    caught = {}
+
+    def catch(tuner, objective, *_, **__):  # stands in for run_finetune: the loop's parts, no run
+        caught.update(tuner=tuner, objective=objective)
+        return {"finished": False}
+
+    baselines.run_finetune = finetune.run_finetune = catch
+    baselines.run_baseline(args.cfg, args.dataset, method, 0, scratch / f"baseline_{method}", teacher_prefix=prefix,
+                           teacher_raw_prefix=prefix, data_dir=scratch / "data")
+    tuner, objective = caught["tuner"], caught["objective"]
+    # both series see the same draws (ESD's cost depends on the DDIM stop step it draws)
+    rng0, torch_rng0 = tuner.rng.get_state(), torch.get_rng_state()
+    measured = _timeit(lambda: tuner.train_step(objective), args.reps, 1)
+    tuner.rng.set_state(rng0)
+    torch.set_rng_state(torch_rng0)
+
+    def bare():
+        loss, _ = objective.loss(tuner.model, tuner.rng)
+        tuner.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        objective.edit_gradients(tuner.params)
+        tuner.opt.step()
+
+    bound = _timeit(bare, args.reps, 1)
+    return _row(f"unlearn_{kind}", "iter", measured, bound,
+                f"{method}, batch {tuner.s['batch_size']}, {objective.images_per_step} images per step")
+
 
 RUN = {"data": stage_data, "teacher": stage_teacher, "classifier": stage_classifier, "inception": stage_inception,
        "evaluate": stage_evaluate, "sample_teacher": stage_sample_teacher,
        "unlearn_sfd": lambda a, d, s: stage_unlearn(a, d, s, "sfd"),
-       "unlearn_pecker": lambda a, d, s: stage_unlearn(a, d, s, "pecker")}
+       "unlearn_pecker": lambda a, d, s: stage_unlearn(a, d, s, "pecker"),
+       **{st: (lambda a, d, s, k=kind: stage_baseline(a, d, s, k)) for st, kind in BASELINES.items()}}
 
 
 def main() -> None:
@@ -424,7 +504,7 @@ def main() -> None:
         return
 
     if args.stages is None:
-        args.stages = list(TEXT_STAGES if _cfg(args)[1].get("text") else STAGES)
+        args.stages = default_stages(_cfg(args)[1])
     with tempfile.TemporaryDirectory(prefix="pecker-stages-") as tmp:
         scratch = args.scratch or Path(tmp)
         stages = list(args.stages)

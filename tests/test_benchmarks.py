@@ -27,19 +27,52 @@ def test_sd_step_runs_the_sd_form_loop_with_bfloat16_and_checkpointing(tmp_path)
 
 
 def test_stages_times_the_concept_half_on_a_text_dataset(tmp_path):
-    """benchmarks/stages.py on the tiny text dataset: the text teacher, the concept evaluation and the
-    SD form of SFD / PECKER, each next to its bound (data and classifier added as prerequisites)."""
+    """benchmarks/stages.py on the tiny text dataset: the text teacher, the concept evaluation, the
+    SD form of SFD / PECKER and the ESD / SA iterations, each next to its bound (data and classifier
+    added as prerequisites; ESD through a --set method, as the tiny config has none)."""
     out = tmp_path / "stages.json"
+    esd = "{kind: esd, task: sneaker, train: xattn, steps: 2, ddim_steps: 2}"
     proc = subprocess.run([sys.executable, "benchmarks/stages.py", "--config", "config/test.yaml", "--dataset",
                            "fashion-tiny", "--stages", "teacher", "evaluate", "unlearn_sfd", "unlearn_pecker",
+                           "unlearn_esd", "unlearn_sa", "--set", f"datasets.fashion-tiny.unlearn.methods.esd_x={esd}",
                            "--reps", "1", "--teacher-steps", "6", "--threads", "1", "--json", str(out)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["stage"]: r for r in json.loads(out.read_text())}
-    assert list(rows) == ["data", "teacher", "classifier", "evaluate", "unlearn_sfd", "unlearn_pecker"]
-    for st in ("teacher", "classifier", "evaluate", "unlearn_sfd", "unlearn_pecker"):
+    assert list(rows) == ["data", "teacher", "classifier", "evaluate", "unlearn_sfd", "unlearn_pecker",
+                          "unlearn_esd", "unlearn_sa"]
+    for st in list(rows)[1:]:
         r = rows[st]
         assert r["measured_s"] > 0 and r["bound_s"] > 0 and math.isfinite(r["ratio"]), st
     assert "sfd_sneaker" in rows["unlearn_sfd"]["note"] and "pecker_sneaker" in rows["unlearn_pecker"]["note"]
+    assert rows["unlearn_esd"]["note"].startswith("esd_x,") and rows["unlearn_sa"]["note"].startswith("sa_sneaker,")
     assert "retained-prompt images" in rows["evaluate"]["note"]
     assert "dataset fashion-tiny" in proc.stdout
+
+
+def test_stages_times_the_class_baselines(tmp_path):
+    """The class half's baseline iterations (SA, SalUn) through run_baseline's own objectives, and the
+    default stage list of each kind of dataset (a baseline stage only where its kind is configured)."""
+    out = tmp_path / "stages.json"
+    proc = subprocess.run([sys.executable, "benchmarks/stages.py", "--config", "config/test.yaml", "--dataset",
+                           "mnist-tiny", "--stages", "unlearn_sa", "unlearn_salun", "--reps", "1", "--threads", "1",
+                           "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["stage"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["data", "unlearn_sa", "unlearn_salun"]
+    for st in ("unlearn_sa", "unlearn_salun"):
+        assert rows[st]["measured_s"] > 0 and rows[st]["bound_s"] > 0, st
+    assert rows["unlearn_sa"]["note"].startswith("sa,") and rows["unlearn_salun"]["note"].startswith("salun,")
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from stages import default_stages
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    from pecker import config as C
+
+    cfg = C.resolve([REPO_ROOT / "config" / "config.yaml"])
+    assert default_stages(cfg["datasets"]["mnist"])[-3:] == ["unlearn_pecker", "unlearn_sa", "unlearn_salun"]
+    assert "sample_teacher" in default_stages(cfg["datasets"]["mnist"])
+    text = default_stages(cfg["datasets"]["fashion"])
+    assert "sample_teacher" not in text and text[-3:] == ["unlearn_pecker", "unlearn_sa", "unlearn_esd"]
