@@ -408,24 +408,22 @@ def stage_unlearn(args, ds, scratch: Path, base: str) -> dict:
                 f"{method}, batch {s['batch_size']}+{nf}" + (", mask every step" if s["mask"]["enabled"] else ""))
 
 # What a baseline computes once before its loop (replay, Fisher, surrogate samples) does not change the
-# cost of an iteration, so the benchmark shrinks it (dotted keys into the method's settings).
-# Keyed by (kind, text dataset?).
-BASELINE_INPUTS = {("sa", False): {"replay.per_class": 4, "fisher.n_samples": 4, "fisher.timesteps": 2,
-                                   "fisher.t_batch": 2},
-                   ("sa", True): {"replay.prompts": 4, "replay.per_prompt": 1, "surrogate.n": 8,
-                                  "fisher.n_samples": 4, "fisher.timesteps": 2, "fisher.t_batch": 2}}
+# cost of an iteration, so the benchmark shrinks it (merged into the method's entry). Keyed by
+# (kind, text dataset?).
+_FISHER = {"n_samples": 4, "timesteps": 2, "t_batch": 2}
+BASELINE_INPUTS = {("sa", False): {"replay": {"per_class": 4}, "fisher": _FISHER},
+                   ("sa", True): {"replay": {"prompts": 4, "per_prompt": 1}, "surrogate": {"n": 8}, "fisher": _FISHER}}
 
 
 def stage_baseline(args, ds, scratch: Path, kind: str) -> dict:
     """One iteration of the fine-tuning loop shared by the baselines (``FineTuner.train_step``) on the
     dataset's first method of ``kind``, built by ``run_baseline`` itself from random-weight teacher files;
     bound: the objective's loss, backward, its gradient edit (SalUn's mask) and the optimiser step."""
-    import copy
-
     import torch
 
     import pecker.unlearn.baselines as baselines
     import pecker.unlearn.baselines.finetune as finetune
+    from pecker.config import deep_merge
     from pecker.diffusion.unet import build_unet, save_unet
     from pecker.unlearn.settings import method_kind
 
@@ -434,13 +432,8 @@ def stage_baseline(args, ds, scratch: Path, kind: str) -> dict:
     if not found:
         raise SystemExit(f"datasets.{args.dataset}.unlearn.methods has no method of kind {kind!r}")
     method = found[0]
-    entry = methods[method] = copy.deepcopy(methods[method])  # args.cfg's own entry: run_baseline reads it
-    for key, value in BASELINE_INPUTS.get((kind, bool(ds.get("text"))), {}).items():
-        *path, leaf = key.split(".")
-        node = entry
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    # into args.cfg's own entry: run_baseline reads it there
+    methods[method] = deep_merge(methods[method], BASELINE_INPUTS.get((kind, bool(ds.get("text"))), {}))
 
     torch.manual_seed(0)
     prefix = scratch / f"baseline_teacher_{kind}"
