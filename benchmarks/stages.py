@@ -11,6 +11,8 @@ bound is what the unit cannot avoid doing, timed the same way in the same proces
 |------------------|----------|----------------------------------------------|--------------------------------------------|
 | data             | image    | ``pecker.data.prepare`` of the whole source  | none (I/O and resize)                      |
 | teacher          | step     | ``train_teacher``'s own ``sec_per_step`` log | forward + MSE + backward + Adam, same net  |
+|                  |          | (a fresh run); the loop's extras timed apart:| and batch, over as many steps as the loop's|
+|                  |          | batch draw, grad-norm clip, EMA; ``rest``    | timed windows                              |
 | classifier       | batch    | ``train_classifier``, one epoch              | forward + CE + backward + Adam per batch   |
 | inception        | image    | the extractor's ``features`` (resize incl.)  | the network alone on 299 px float input    |
 | evaluate         | image    | the final-generator evaluation (class:       | one ``features`` pass per Inception image  |
@@ -143,20 +145,32 @@ def stage_data(args, ds, scratch: Path) -> dict:
 
 
 def stage_teacher(args, ds, scratch: Path) -> dict:
+    """The loop's ``sec_per_step`` against the bare step, both over the same number of steps, and the
+    loop's own work besides the bare step, each part timed on the run's own objects: the batch draw
+    (:class:`pecker.diffusion.train.BatchDraw`, with the run's conditions, so a text teacher's caption
+    table is encoded once), the grad-norm clip and the EMA update. What the parts do not explain is
+    reported as ``rest``."""
     import csv
+    import shutil
 
     import torch
 
+    import pecker.diffusion.train as train
+    from pecker.data import load_prepared
     from pecker.diffusion.schedule import Schedule, make_scheduler
-    from pecker.diffusion.train import train_teacher
     from pecker.diffusion.unet import build_unet
 
     steps, every = args.teacher_steps, max(args.teacher_steps // 3, 1)
     tcfg = {**ds["teacher"], "steps": steps, "log_every": every, "checkpoint_every": steps, "keep_checkpoints": 1}
     out = scratch / "teacher"
-    train_teacher({**ds, "teacher": tcfg}, scratch / "data", out, torch.device("cpu"), config_hash="bench")
+    shutil.rmtree(out, ignore_errors=True)  # a finished run left there would be resumed, not timed
+    made = []
+    make_conditions = train.make_conditions
+    train.make_conditions = lambda *a, **k: made.append(make_conditions(*a, **k)) or made[-1]  # keep the run's
+    train.train_teacher({**ds, "teacher": tcfg}, scratch / "data", out, torch.device("cpu"), config_hash="bench")
     rows = list(csv.DictReader(open(out / "log.csv")))
     measured = statistics.mean(float(r["sec_per_step"]) for r in rows[1:])  # first window: warm-up
+    n = steps - every  # the steps of the windows timed
 
     torch.manual_seed(0)
     model = build_unet(ds["unet"], ds["data"]).train()
@@ -166,9 +180,20 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     x = torch.randn(b, d["channels"], d["resolution"], d["resolution"])
     cond = _condition(model, b, ds)
     bare = _timeit(lambda: _bare_teacher_step(model, opt, x, torch.randint(0, sched.T, (b,)), torch.randn_like(x),
-                                              cond, sched), args.reps, 2)
-    return _row("teacher", "step", measured, bare, f"batch {b}; loop mean of log windows 2-{len(rows)} "
-                f"({every} steps each) of a {steps}-step run")
+                                              cond, sched), n, 2)
+
+    images, labels, _ = load_prepared(scratch / "data")
+    draw = train.BatchDraw(torch.from_numpy(images), torch.from_numpy(labels), train.EpochSampler(len(labels), b, 0),
+                           made[0][0], torch.Generator().manual_seed(1), sched.T, tcfg["hflip"], "cpu")
+    ema = train.make_ema(model, tcfg)
+    parts = {"draw": _timeit(draw.next, n, 2),  # the bare series left gradients for the clip to read
+             "clip": _timeit(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"]), n, 2),
+             "ema": _timeit(lambda: ema.step(model.parameters()), n, 2)}
+    rest = measured - bare - sum(parts.values())
+    said = ", ".join(f"{k} {1000 * v:.1f}" for k, v in parts.items())
+    return {**_row("teacher", "step", measured, bare, f"batch {b}; loop mean of log windows 2-{len(rows)} ({every} "
+                   f"steps each) of a {steps}-step run, bare over {n}; loop extras ms: {said}, rest {1000 * rest:.1f}"),
+            "parts_s": parts, "rest_s": rest}
 
 
 def stage_classifier(args, ds, scratch: Path) -> dict:

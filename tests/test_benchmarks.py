@@ -46,6 +46,11 @@ def test_stages_times_the_concept_half_on_a_text_dataset(tmp_path):
         assert r["measured_s"] > 0 and r["bound_s"] > 0 and math.isfinite(r["ratio"]), st
     assert "sfd_sneaker" in rows["unlearn_sfd"]["note"] and "pecker_sneaker" in rows["unlearn_pecker"]["note"]
     assert rows["unlearn_esd"]["note"].startswith("esd_x,") and rows["unlearn_sa"]["note"].startswith("sa_sneaker,")
+    teacher = rows["teacher"]
+    assert set(teacher["parts_s"]) == {"draw", "clip", "ema"} and all(v > 0 for v in teacher["parts_s"].values())
+    parts = sum(teacher["parts_s"].values())
+    assert math.isclose(teacher["rest_s"], teacher["measured_s"] - teacher["bound_s"] - parts)
+    assert "loop extras ms: draw" in teacher["note"]
     assert "retained-prompt images" in rows["evaluate"]["note"]
     assert "dataset fashion-tiny" in proc.stdout
 
@@ -76,3 +81,35 @@ def test_stages_times_the_class_baselines(tmp_path):
     assert "sample_teacher" in default_stages(cfg["datasets"]["mnist"])
     text = default_stages(cfg["datasets"]["fashion"])
     assert "sample_teacher" not in text and text[-3:] == ["unlearn_pecker", "unlearn_sa", "unlearn_esd"]
+
+
+def test_stages_times_a_fresh_teacher_run_in_a_reused_scratch_folder(tmp_path):
+    """The teacher stage trains anew when --scratch already holds a finished run (it would otherwise be
+    resumed at its last step and its old log reported)."""
+    cmd = [sys.executable, "benchmarks/stages.py", "--config", "config/test.yaml", "--dataset", "mnist-tiny",
+           "--stages", "teacher", "--reps", "1", "--teacher-steps", "3", "--threads", "1", "--scratch", str(tmp_path)]
+    log = tmp_path / "teacher" / "log.csv"
+    written = []
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        written.append(log.stat().st_mtime_ns)
+    assert written[1] > written[0]
+
+
+def test_schedule_runs_each_setting_in_a_clean_clone(tmp_path):
+    """benchmarks/schedule.py: each thread setting runs Snakemake in its own clone of HEAD (config paths
+    relative to the repository), with the clone's package, and records the commit it measured."""
+    out = tmp_path / "schedule.json"
+    proc = subprocess.run([sys.executable, "benchmarks/schedule.py", "--targets", "data/mnist-tiny/train.npz",
+                           "--keep", str(tmp_path / "work"), "--json", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert [(r["setting"], r["n_jobs"], r["commit"]) for r in rows] == [("new", 1, head), ("old", 1, head)]
+    assert "train_teacher=2" in rows[1]["threads"] and "train_teacher=1" in rows[0]["threads"]
+    metas = sorted((tmp_path / "work").glob("pecker-schedule-*/pecker/data/mnist-tiny/meta.json"))
+    assert len(metas) == 2
+    for meta in metas:  # the clone's own code ran: its checkout's commit, not dirty
+        assert json.loads(meta.read_text())["provenance"]["git"] == {"commit": head, "dirty": False}

@@ -87,6 +87,29 @@ class LabelConditions:
         return {"conditioning": "class", "label_dropout": self.dropout}
 
 
+class BatchDraw:
+    """What one teacher step trains on: the sampler's next batch of images (in the model's range,
+    mirrored at random with ``hflip``), its conditions, timesteps and noise, drawn from ``gen`` in
+    this order; ``next()`` returns ``(x, cond, t, eps)`` on ``device``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: EpochSampler, conditions,
+                 gen: torch.Generator, T: int, hflip: bool, device):
+        self.images, self.labels, self.sampler, self.conditions = images, labels, sampler, conditions
+        self.gen, self.T, self.hflip, self.device = gen, T, bool(hflip), device
+
+    def next(self):
+        idx = self.sampler.next()
+        x = to_model_range(self.images[idx]).to(self.device)
+        y = self.labels[idx]
+        if self.hflip:
+            flip = torch.rand(len(idx), generator=self.gen) < 0.5
+            x[flip.to(self.device)] = x[flip.to(self.device)].flip(-1)
+        x, cond = self.conditions.draw(x, y, self.gen)
+        t = torch.randint(0, self.T, (len(idx),), generator=self.gen)
+        eps = torch.randn(x.shape, generator=self.gen)
+        return x, cond.to(self.device), t.to(self.device), eps.to(self.device)
+
+
 def make_conditions(ds_cfg: dict, model, ddpm, device):
     """The condition draw of a dataset's teacher: captions (a ``text`` section) or class labels."""
     if ds_cfg.get("text"):
@@ -163,6 +186,7 @@ def train_teacher(
     conditions, cond_meta = make_conditions(ds_cfg, model, ddpm, device)
     sampler = EpochSampler(len(images_t), tcfg["batch_size"], tcfg["seed"])
     noise_gen = torch.Generator().manual_seed(tcfg["seed"] + 1)
+    batches = BatchDraw(images_t, labels_t, sampler, conditions, noise_gen, sched.T, tcfg["hflip"], device)
     log.info("%s: %s parameters, %d images, device %s", what, f"{n_params(model):,}", len(images_t), device)
 
     step, prev = 0, None
@@ -185,17 +209,7 @@ def train_teacher(
     t_last, last_logged = time.perf_counter(), step
     try:
         while step < total:
-            idx = sampler.next()
-            x = to_model_range(images_t[idx]).to(device)
-            y = labels_t[idx]
-            if tcfg["hflip"]:
-                flip = torch.rand(len(idx), generator=noise_gen) < 0.5
-                x[flip.to(device)] = x[flip.to(device)].flip(-1)
-            x, cond = conditions.draw(x, y, noise_gen)
-            t = torch.randint(0, sched.T, (len(idx),), generator=noise_gen)
-            eps = torch.randn(x.shape, generator=noise_gen)
-            t, eps, cond = t.to(device), eps.to(device), cond.to(device)
-
+            x, cond, t, eps = batches.next()
             lr = tcfg["lr"] * min(1.0, (step + 1) / tcfg["lr_warmup_steps"]) if tcfg["lr_warmup_steps"] else tcfg["lr"]
             for g in opt.param_groups:
                 g["lr"] = lr
