@@ -15,9 +15,9 @@ bound is what the unit cannot avoid doing, timed the same way in the same proces
 |                  |          | batch draw, grad-norm clip, EMA; ``rest``    | timed windows                              |
 | classifier       | batch    | ``train_classifier``, one epoch              | forward + CE + backward + Adam per batch   |
 | inception        | image    | the extractor's ``features`` (resize incl.)  | the network alone on 299 px float input    |
-| evaluate         | image    | the final-generator evaluation (class:       | one ``features`` pass per Inception image  |
-|                  |          | ``evaluate_model``; text: ``evaluate_prefix``|                                            |
-|                  |          | of a step-0 generator), per Inception image  |                                            |
+| evaluate         | image    | the final-generator evaluation (class:       | one ``features`` pass over as many images, |
+|                  |          | ``evaluate_model``; text: ``evaluate_prefix``| a fresh extractor (the evaluation builds   |
+|                  |          | of a step-0 generator), per Inception image  | its own)                                   |
 | sample_teacher   | image    | ``sample_batch`` (DDIM, config's steps)      | the UNet forwards it makes, bare           |
 | unlearn_sfd      | iter     | ``Unlearner.train_step``                     | the network passes of an SFD iteration     |
 | unlearn_pecker   | iter     | ``Unlearner.train_step`` (mask every step)   | the same plus the saliency fwd + bwd       |
@@ -255,14 +255,15 @@ def stage_inception(args, ds, scratch: Path) -> dict:
     return _row("inception", "image", measured, bare, f"{ext.name}, batch {bs}, {d['resolution']} px -> 299 px")
 
 
-def _inception_pass(ds, ext, n: int) -> float:
-    """Seconds per image of one ``features`` pass over ``n`` images of the dataset's shape."""
+def _inception_pass(ds, n: int) -> float:
+    """Seconds per image of one ``features`` pass over ``n`` images of the dataset's shape by a fresh
+    extractor (the evaluation builds its own, so its first batch is cold too)."""
     import numpy as np
 
     d, bs = ds["data"], ds["evaluate"]["batch_size"]
     imgs = np.zeros((n, d["resolution"], d["resolution"], d["channels"]), np.uint8)
     t0 = time.perf_counter()
-    ext.features(imgs, batch_size=bs)
+    _extractor(ds).features(imgs, batch_size=bs)
     return (time.perf_counter() - t0) / n
 
 
@@ -293,7 +294,7 @@ def _evaluate_text(args, ds, scratch: Path) -> dict:
                     device=torch.device("cpu"), final=True, reference_cache=cache)
     dt = time.perf_counter() - t0
     n_inc = ccfg["fid_per_class"] * len(keep)
-    one_pass = _inception_pass(ds, ext, min(n_inc, 2 * ecfg["batch_size"]))
+    one_pass = _inception_pass(ds, n_inc)
     return _row("evaluate", "image", dt / n_inc, one_pass,
                 f"final generator of {method}: task prompts, {n_inc} retained-prompt images for FID, attribute "
                 f"checks in {dt:.1f} s (reference features cached)")
@@ -329,7 +330,7 @@ def stage_evaluate(args, ds, scratch: Path) -> dict:
                    results_dir=scratch, device=torch.device("cpu"), final=True, reference_cache=cache)
     dt = time.perf_counter() - t0
     n_inc = ecfg["per_class"] * len(keep)
-    one_pass = _inception_pass(ds, ext, min(n_inc, 2 * ecfg["batch_size"]))  # per image, on fewer images
+    one_pass = _inception_pass(ds, n_inc)
     return _row("evaluate", "image", dt / n_inc, one_pass,
                 f"final generator: {n_inc} retained + {ecfg['n_forget']} forget samples in {dt:.1f} s "
                 "(reference features cached)")

@@ -182,6 +182,24 @@ def test_libraries_agree_on_same_features():
     assert other == pytest.approx(tf["kid_mean"], rel=0.5)
 
 
+def test_kid_of_two_whole_sets_is_computed_once_and_equals_the_subset_mean():
+    """Subset size = both sample counts: every subset is both whole sets permuted, so one library call
+    gives what the kid_subsets calls would (mean to rounding, std 0); unequal counts keep the subsets."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    gen, ref = _gauss(90, 128, 0.2, seed=11), _gauss(90, 128, seed=12)
+    for impl in fm.IMPLEMENTATIONS:
+        one = fm.kid(gen, ref, impl, subsets=30, seed=3)
+        assert (one["kid_subsets"], one["kid_subsets_computed"], one["kid_subset_size"]) == (30, 1, 90)
+        assert one["kid_std"] == 0.0
+        library = kid_features_to_metric(torch.from_numpy(gen), torch.from_numpy(ref), kid_subsets=30,
+                                         kid_subset_size=90, rng_seed=3, verbose=False)
+        assert one["kid_mean"] == pytest.approx(library["kernel_inception_distance_mean"], rel=1e-12)
+        assert library["kernel_inception_distance_std"] < 1e-12 * abs(library["kernel_inception_distance_mean"])
+    drawn = fm.kid(gen, ref[:80], subsets=30, seed=3)  # the gen subsets are whole, the ref ones vary
+    assert (drawn["kid_subsets_computed"], drawn["kid_subset_size"]) == (30, 80) and drawn["kid_std"] > 0
+
+
 def test_fid_span_projection_is_exact():
     gen, ref = _gauss(40, 192, 0.2, seed=3), _gauss(50, 192, seed=4) * 1.3
     for impl in fm.IMPLEMENTATIONS:

@@ -21,6 +21,12 @@ and records which one produced each number").
 With the same ``seed`` both libraries draw the *same* KID subsets (numpy's legacy MT19937, same
 call order), so their KIDs agree to rounding, not just statistically.
 
+KID when the subset size equals both sample counts (the embedded final evaluations: 450 generated
+against 450 reference images): every subset is then both whole sets in another order, and the
+unbiased MMD^2 that both libraries compute (sums over all pairs, diagonals of K_XX and K_YY left out)
+does not depend on the order, so every subset gives the same value up to float64 rounding. The library
+is called for one subset instead of ``kid_subsets`` (std 0); recorded as ``kid_subsets_computed``.
+
 Exact speed-up for small samples: when ``n_gen + n_ref`` is smaller than the feature dimension
 (2048), both covariances and the mean difference live in the span of the samples; the features are
 rotated onto an orthonormal basis of that span (QR) before the FID call.  FID is invariant under this
@@ -167,10 +173,11 @@ def kid(
     subset_size: int = DEFAULT_KID_SUBSET_SIZE,
     seed: int = DEFAULT_SEED,
 ) -> dict:
-    """``{"kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "kid_implementation"}`` (a
-    :func:`source_record`).
+    """``{"kid_mean", "kid_std", "kid_subsets", "kid_subsets_computed", "kid_subset_size",
+    "kid_implementation"}`` (a :func:`source_record`).
 
-    The subset size actually used is ``min(subset_size, n_gen, n_ref)`` and is returned.
+    The subset size actually used is ``min(subset_size, n_gen, n_ref)`` and is returned; when it is
+    both sample counts, one subset is computed (the module docstring).
     """
     gen, ref = _as_features(gen, "gen_feats"), _as_features(ref, "ref_feats")
     _check_dims(gen, ref)
@@ -178,6 +185,9 @@ def kid(
     subsets = int(subsets)
     if subsets < 1:
         raise ValueError("kid_subsets must be >= 1")
+    requested = subsets
+    if size == gen.shape[0] == ref.shape[0]:  # every subset is both whole sets: one value (module docstring)
+        subsets = 1
     if implementation == TORCH_FIDELITY:
         from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
@@ -207,7 +217,8 @@ def kid(
     return {
         "kid_mean": float(mean),
         "kid_std": float(std),
-        "kid_subsets": subsets,
+        "kid_subsets": requested,
+        "kid_subsets_computed": subsets,
         "kid_subset_size": size,
         "kid_implementation": label,
     }
@@ -282,6 +293,7 @@ def compute_metrics(
         "n_ref": int(ref.shape[0]),
         "feature_dim": int(gen.shape[1]),
         "kid_subsets": k["kid_subsets"],
+        "kid_subsets_computed": k["kid_subsets_computed"],
         "kid_subset_size": k["kid_subset_size"],
         "kid_subset_size_requested": int(kid_subset_size),
         "seed": int(seed),
