@@ -11,8 +11,8 @@ bound is what the unit cannot avoid doing, timed the same way in the same proces
 |------------------|----------|----------------------------------------------|--------------------------------------------|
 | data             | image    | ``pecker.data.prepare`` of the whole source  | none (I/O and resize)                      |
 | teacher          | step     | ``train_teacher``'s own ``sec_per_step`` log | forward + MSE + backward + Adam, same net  |
-|                  |          | (a fresh run); the loop's extras timed apart:| and batch, over as many steps as the loop's|
-|                  |          | batch draw, grad-norm clip, EMA; ``rest``    | timed windows                              |
+|                  |          | (a fresh run; median of windows); the loop's | and batch, median over as many steps as    |
+|                  |          | extras apart: draw, clip, EMA; ``rest``      | the loop's timed windows                   |
 | classifier       | batch    | ``train_classifier``, one epoch              | forward + CE + backward + Adam per batch   |
 | inception        | image    | the extractor's ``features`` (resize incl.)  | the network alone on 299 px float input    |
 | evaluate         | image    | the final-generator evaluation (class:       | one ``features`` pass over as many images, |
@@ -63,8 +63,8 @@ STAGES = ("data", "teacher", "classifier", "inception", "evaluate", "sample_teac
 BASELINES = {"unlearn_sa": "sa", "unlearn_salun": "salun", "unlearn_esd": "esd"}
 
 
-def _timeit(fn, reps: int, warmup: int = 1) -> float:
-    """Mean seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls."""
+def _timeit(fn, reps: int, warmup: int = 1, stat=statistics.mean) -> float:
+    """``stat`` (the mean) of the seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -72,7 +72,7 @@ def _timeit(fn, reps: int, warmup: int = 1) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.mean(times)
+    return stat(times)
 
 
 def _row(stage: str, unit: str, measured: float, bound: float | None, note: str) -> dict:
@@ -149,7 +149,9 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     loop's own work besides the bare step, each part timed on the run's own objects: the batch draw
     (:class:`pecker.diffusion.train.BatchDraw`, with the run's conditions, so a text teacher's caption
     table is encoded once), the grad-norm clip and the EMA update. What the parts do not explain is
-    reported as ``rest``."""
+    reported as ``rest``. Medians throughout (the loop's over its log windows of a sixth of the run,
+    the first left out as warm-up; the others' over single calls), so that a stray slow step on a
+    shared machine does not decide the ratio."""
     import csv
     import shutil
 
@@ -160,7 +162,7 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     from pecker.diffusion.schedule import Schedule, make_scheduler
     from pecker.diffusion.unet import build_unet
 
-    steps, every = args.teacher_steps, max(args.teacher_steps // 3, 1)
+    steps, every = args.teacher_steps, max(args.teacher_steps // 6, 1)
     tcfg = {**ds["teacher"], "steps": steps, "log_every": every, "checkpoint_every": steps, "keep_checkpoints": 1}
     out = scratch / "teacher"
     shutil.rmtree(out, ignore_errors=True)  # a finished run left there would be resumed, not timed
@@ -169,7 +171,7 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     train.make_conditions = lambda *a, **k: made.append(make_conditions(*a, **k)) or made[-1]  # keep the run's
     train.train_teacher({**ds, "teacher": tcfg}, scratch / "data", out, torch.device("cpu"), config_hash="bench")
     rows = list(csv.DictReader(open(out / "log.csv")))
-    measured = statistics.mean(float(r["sec_per_step"]) for r in rows[1:])  # first window: warm-up
+    measured = statistics.median(float(r["sec_per_step"]) for r in rows[1:])  # first window: warm-up
     n = steps - every  # the steps of the windows timed
 
     torch.manual_seed(0)
@@ -180,18 +182,19 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     x = torch.randn(b, d["channels"], d["resolution"], d["resolution"])
     cond = _condition(model, b, ds)
     bare = _timeit(lambda: _bare_teacher_step(model, opt, x, torch.randint(0, sched.T, (b,)), torch.randn_like(x),
-                                              cond, sched), n, 2)
+                                              cond, sched), n, 2, statistics.median)
 
     images, labels, _ = load_prepared(scratch / "data")
     draw = train.BatchDraw(torch.from_numpy(images), torch.from_numpy(labels), train.EpochSampler(len(labels), b, 0),
                            made[0][0], torch.Generator().manual_seed(1), sched.T, tcfg["hflip"], "cpu")
     ema = train.make_ema(model, tcfg)
-    parts = {"draw": _timeit(draw.next, n, 2),  # the bare series left gradients for the clip to read
-             "clip": _timeit(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"]), n, 2),
-             "ema": _timeit(lambda: ema.step(model.parameters()), n, 2)}
+    clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])  # noqa: E731
+    parts = {"draw": _timeit(draw.next, n, 2, statistics.median),  # the bare series left gradients to clip
+             "clip": _timeit(clip, n, 2, statistics.median),
+             "ema": _timeit(lambda: ema.step(model.parameters()), n, 2, statistics.median)}
     rest = measured - bare - sum(parts.values())
     said = ", ".join(f"{k} {1000 * v:.1f}" for k, v in parts.items())
-    return {**_row("teacher", "step", measured, bare, f"batch {b}; loop mean of log windows 2-{len(rows)} ({every} "
+    return {**_row("teacher", "step", measured, bare, f"batch {b}; loop median of log windows 2-{len(rows)} ({every} "
                    f"steps each) of a {steps}-step run, bare over {n}; loop extras ms: {said}, rest {1000 * rest:.1f}"),
             "parts_s": parts, "rest_s": rest}
 
