@@ -104,7 +104,7 @@ def main() -> None:
         print(f"  done {name}: {wall:.0f} s", file=sys.stderr, flush=True)
         if args.keep is None:
             shutil.rmtree(work.parent, ignore_errors=True)
-    print(f"{configfile}, --cores {args.cores}, commit {rows[0]['commit'][:7] if rows else '-'}")
+    print(f"{configfile}, --cores {args.cores}, commit {rows[0]['commit'][:7]}")
     print(f"{'setting':8} {'wall s':>8} {'job time s':>10} {'jobs':>5}")
     for r in rows:
         print(f"{r['setting']:8} {r['wall_clock_s']:8.0f} {r['job_time_s']:10.0f} {r['n_jobs']:5d}")

@@ -168,7 +168,12 @@ def stage_teacher(args, ds, scratch: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a finished run left there would be resumed, not timed
     made = []
     make_conditions = train.make_conditions
-    train.make_conditions = lambda *a, **k: made.append(make_conditions(*a, **k)) or made[-1]  # keep the run's
+
+    def keep(*a, **k):  # the run's own condition draw, for timing the batch draw below
+        made.append(make_conditions(*a, **k))
+        return made[-1]
+
+    train.make_conditions = keep
     train.train_teacher({**ds, "teacher": tcfg}, scratch / "data", out, torch.device("cpu"), config_hash="bench")
     rows = list(csv.DictReader(open(out / "log.csv")))
     measured = statistics.median(float(r["sec_per_step"]) for r in rows[1:])  # first window: warm-up
